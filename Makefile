@@ -1,0 +1,86 @@
+# Pulse: `make help` lists the targets. `make run` and `make test` install what is missing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+BIN := $(VENV)/bin
+PROTO_DIR := protos/analytics/v1
+STACK_ENV = eval "$$(bash scripts/stack.sh env)"
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## create .venv with the pinned Python dependencies (idempotent)
+	@bash scripts/bootstrap.sh
+
+.PHONY: install
+install: deps ## install everything: Python deps, Kafka, PostgreSQL + TimescaleDB
+	@bash scripts/stack.sh install
+
+.PHONY: up
+up: ## start the local stack (Kafka, PostgreSQL + TimescaleDB); reuses running services
+	@bash scripts/stack.sh up
+
+.PHONY: down
+down: ## stop the local stack started from this checkout
+	@bash scripts/stack.sh down
+
+.PHONY: status
+status: ## report the local stack
+	@bash scripts/stack.sh status
+
+.PHONY: psql
+psql: ## open psql on the local pulse database
+	@bash scripts/stack.sh psql
+
+.PHONY: migrate
+migrate: deps up ## create the TimescaleDB schema and the Kafka topics (idempotent)
+	@$(STACK_ENV) && $(BIN)/pulse migrate
+
+.PHONY: run
+run: install up migrate ## run the whole pipeline locally with a demo load (Ctrl-C stops it)
+	@$(STACK_ENV) && bash scripts/run-demo.sh
+
+.PHONY: protos
+protos: deps ## regenerate the Python code and type stubs from protos/
+	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I . \
+		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
+		$(PROTO_DIR)/analytics.proto
+
+.PHONY: check-protos
+check-protos: protos ## fail when the checked-in generated code is stale
+	@git diff --exit-code --stat -- $(PROTO_DIR) || \
+		{ echo "generated code in $(PROTO_DIR) is stale: run 'make protos' and commit"; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- $(PROTO_DIR)); \
+		[ -z "$$untracked" ] || { echo "untracked generated files: $$untracked"; exit 1; }
+
+.PHONY: lint
+lint: deps ## ruff check and format check (changes nothing)
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+
+.PHONY: format
+format: deps ## apply ruff fixes and formatting
+	@$(BIN)/ruff check --fix .
+	@$(BIN)/ruff format .
+
+.PHONY: typecheck
+typecheck: deps ## mypy --strict on the packages
+	@$(BIN)/mypy
+
+.PHONY: unit
+unit: deps ## unit tests only (no services)
+	@$(BIN)/pytest tests/unit
+
+.PHONY: test
+test: install up check-protos lint typecheck ## install, start the stack, run every check and the whole test suite
+	@$(STACK_ENV) && $(BIN)/pytest
+
+.PHONY: lock
+lock: ## re-pin requirements.lock from pyproject.toml in a scratch venv
+	@bash scripts/lock.sh
+
+.PHONY: clean
+clean: down ## stop the stack and delete local data (.data) and the venv
+	rm -rf .data $(VENV)

@@ -1,0 +1,102 @@
+"""Turns Kafka records into event chunks, and failures into dead-letter messages.
+
+This is the flow's decoding edge: protobuf in, plain tuples out, one pass per batch.
+"""
+
+from dataclasses import dataclass
+
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSourceMessage
+from google.protobuf.message import DecodeError
+
+from protos.analytics.v1 import analytics_pb2 as pb
+from pulse.aggregation import Event, EventChunk, LateEvent
+
+SourceItem = KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[bytes | None, bytes | None]
+OutMessage = KafkaSinkMessage[bytes | None, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record the flow could not use, with its raw bytes and where it came from."""
+
+    key: bytes | None
+    raw: bytes | None
+    error: str
+    topic: str
+    partition: int
+    offset: int
+
+
+def _dead(msg: KafkaSourceMessage[bytes | None, bytes | None], error: str) -> DeadLetter:
+    return DeadLetter(
+        msg.key, msg.value, error, msg.topic or "", msg.partition or 0, msg.offset or 0
+    )
+
+
+def decode_batch(items: list[SourceItem]) -> list[tuple[str, EventChunk] | DeadLetter]:
+    """Group one input batch into per-campaign chunks (keyed), keeping offset order."""
+    chunks: dict[str, list[Event]] = {}
+    out: list[tuple[str, EventChunk] | DeadLetter] = []
+    parse = pb.RawEvent.FromString
+    for item in items:
+        if isinstance(item, KafkaError):
+            out.append(_dead(item.msg, f"kafka error: {item.err}"))
+            continue
+        raw = item.value
+        if raw is None:
+            out.append(_dead(item, "record has no value"))
+            continue
+        try:
+            event = parse(raw)
+        except DecodeError as exc:
+            out.append(_dead(item, f"not an analytics.v1.RawEvent: {exc}"))
+            continue
+        if not event.campaign_id or not event.event_type:
+            out.append(_dead(item, "campaign_id or event_type is empty"))
+            continue
+        events = chunks.get(event.campaign_id)
+        if events is None:
+            chunks[event.campaign_id] = events = []
+        events.append(
+            Event(
+                event.event_type,
+                event.timestamp,
+                event.value,
+                raw,
+                item.partition or 0,
+                item.offset or 0,
+            )
+        )
+    out.extend((campaign, EventChunk(campaign, events)) for campaign, events in chunks.items())
+    return out
+
+
+def dead_letter_message(dead: DeadLetter, topic: str) -> OutMessage:
+    """The dead-letter record: the raw bytes, with the reason and origin in headers."""
+    return KafkaSinkMessage(
+        key=dead.key,
+        value=dead.raw,
+        topic=topic,
+        headers=[
+            ("pulse.error", dead.error.encode()),
+            ("pulse.source", f"{dead.topic}[{dead.partition}]@{dead.offset}".encode()),
+        ],
+    )
+
+
+def late_message(late: LateEvent, topic: str, source_topic: str) -> OutMessage:
+    """The late-event record: original bytes, with the watermark it missed in headers."""
+    ev = late.event
+    return KafkaSinkMessage(
+        key=late.campaign_id.encode(),
+        value=ev.raw,
+        topic=topic,
+        headers=[
+            (
+                "pulse.error",
+                f"late: event time {ev.timestamp_ms} ms is in a window closed "
+                f"by watermark {late.watermark_ms} ms".encode(),
+            ),
+            ("pulse.source", f"{source_topic}[{ev.partition}]@{ev.offset}".encode()),
+        ],
+    )

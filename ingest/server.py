@@ -1,0 +1,92 @@
+"""Composition root of the ingest edge: settings -> Kafka producer, TimescaleDB reader -> gRPC."""
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from protos.analytics.v1 import analytics_pb2 as pb
+from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
+from pulse.settings import IngestSettings
+from pulse.timeutil import now_ms
+from sinks.timescale_reader import TimescaleMetricsReader
+
+from .producer import KafkaEventProducer
+from .servicer import AnalyticsServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
+HEALTH_INTERVAL_S = 5.0
+
+
+async def _watch_health(
+    producer: KafkaEventProducer, health_servicer: health.aio.HealthServicer
+) -> None:
+    """SERVING while Kafka answers metadata requests, NOT_SERVING otherwise."""
+    last = None
+    while True:
+        ok = await asyncio.to_thread(producer.ping)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        if status != last:
+            log.info("health: %s", "SERVING" if ok else "NOT_SERVING (Kafka unreachable)")
+            await health_servicer.set("", status)
+            await health_servicer.set(SERVICE_NAME, status)
+            last = status
+        await asyncio.sleep(HEALTH_INTERVAL_S)
+
+
+async def serve(settings: IngestSettings) -> None:
+    """Run the gRPC server until SIGINT/SIGTERM, then drain and close."""
+    producer = KafkaEventProducer(
+        settings.kafka_bootstrap, settings.topic_raw, settings.produce_timeout_seconds
+    )
+    reader = TimescaleMetricsReader(settings.pg_dsn.get_secret_value())
+    await reader.open()
+    servicer = AnalyticsServicer(
+        producer, reader, settings.limits(), settings.max_batch_events, now_ms
+    )
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ]
+    )
+    pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    server.add_insecure_port(address)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.grpc_host)
+    await server.start()
+    watcher = asyncio.create_task(_watch_health(producer, health_servicer))
+    log.info(
+        "ingest edge listening on %s (metrics on :%s), producing to %s at %s",
+        address,
+        settings.metrics_port,
+        settings.topic_raw,
+        settings.kafka_bootstrap,
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: draining in-flight calls")
+    watcher.cancel()
+    await server.stop(grace=10)
+    await asyncio.to_thread(producer.close)
+    await reader.close()

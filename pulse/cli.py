@@ -1,0 +1,89 @@
+"""The `pulse` command: one entry point for every deployable and tool."""
+
+import argparse
+import asyncio
+import sys
+
+from pulse import settings as settings_mod
+from pulse.errors import PulseError
+from pulse.logs import configure
+
+
+def _serve(_args: argparse.Namespace) -> None:
+    from ingest.server import serve
+
+    s = settings_mod.load(settings_mod.IngestSettings)
+    configure(s.log_level)
+    asyncio.run(serve(s))
+
+
+def _flow(_args: argparse.Namespace) -> None:
+    from bytewax.run import cli_main
+
+    from flows.main import enable_api, flow_from_settings
+
+    s = settings_mod.load(settings_mod.FlowSettings)
+    configure(s.log_level)
+    enable_api(s)
+    cli_main(flow_from_settings(s), workers_per_process=s.workers)  # type: ignore[no-untyped-call]
+
+
+def _migrate(_args: argparse.Namespace) -> None:
+    from sinks.schema import migrate
+    from sinks.topics import ensure_topics
+
+    s = settings_mod.load(settings_mod.CommonSettings)
+    configure(s.log_level)
+    applied = migrate(s.pg_dsn.get_secret_value())
+    created = ensure_topics(
+        s.kafka_bootstrap, [s.topic_raw, s.topic_late, s.topic_dlq], s.topic_partitions
+    )
+    print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
+    print(f"topics created: {', '.join(created) or 'none (all exist)'}")
+
+
+def _load(args: argparse.Namespace) -> None:
+    from ingest.loadgen import LoadPlan, run_load
+
+    plan = LoadPlan(
+        events=args.events,
+        campaigns=args.campaigns,
+        batch_size=args.batch_size,
+        rate=args.rate,
+        seed=args.seed,
+    )
+    report = asyncio.run(run_load(args.target, plan, progress=not args.quiet))
+    print(report.summary())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pulse", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the gRPC ingest edge").set_defaults(run=_serve)
+    sub.add_parser("flow", help="run the aggregation dataflow").set_defaults(run=_flow)
+    sub.add_parser(
+        "migrate", help="create the TimescaleDB schema and the Kafka topics (idempotent)"
+    ).set_defaults(run=_migrate)
+    load = sub.add_parser("load", help="stream synthetic events through the gRPC edge")
+    load.add_argument("--target", default="127.0.0.1:50051", help="gRPC address of the edge")
+    load.add_argument(
+        "-n", "--events", type=int, default=100_000, help="events to send; 0 = forever"
+    )
+    load.add_argument("--campaigns", type=int, default=20)
+    load.add_argument("--batch-size", type=int, default=500, help="events per gRPC message")
+    load.add_argument("--rate", type=float, default=0.0, help="events/s; 0 = as fast as possible")
+    load.add_argument("--seed", type=int, default=1)
+    load.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    load.set_defaults(run=_load)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except PulseError as exc:
+        print(f"pulse: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

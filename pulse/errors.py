@@ -1,0 +1,33 @@
+"""The one exception tree of Pulse. Third-party errors are translated at the edges."""
+
+
+class PulseError(Exception):
+    """Root of every error Pulse raises on purpose."""
+
+    retryable: bool = False
+
+
+class ConfigError(PulseError):
+    """Settings are missing or invalid; the process cannot start."""
+
+
+class KafkaDeliveryError(PulseError):
+    """Kafka did not acknowledge produced events; the caller may retry them."""
+
+    retryable = True
+
+
+class KafkaAdminError(PulseError):
+    """Topic creation or metadata lookup failed."""
+
+    retryable = True
+
+
+class SinkError(PulseError):
+    """A batch could not be written to TimescaleDB after retries."""
+
+    retryable = True
+
+
+class QueryError(PulseError):
+    """A metrics query has invalid arguments (range, resolution, ids)."""

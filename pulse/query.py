@@ -1,0 +1,71 @@
+"""Metrics queries: the validated, plain form of a `MetricsRequest`."""
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from pulse.errors import QueryError
+from pulse.windows import DAY_MS
+
+
+class Resolution(IntEnum):
+    """Bucket size of returned points. Values match `analytics.v1.Resolution`."""
+
+    MINUTE = 1
+    HOUR = 2
+    DAY = 3
+
+
+# The widest range one query may ask for, per resolution (bounds the rows returned).
+MAX_RANGE_MS = {
+    Resolution.MINUTE: 31 * DAY_MS,
+    Resolution.HOUR: 400 * DAY_MS,
+    Resolution.DAY: 10 * 366 * DAY_MS,
+}
+MAX_ID_CHARS = 128
+_BUCKET_MS = {Resolution.MINUTE: 0, Resolution.HOUR: 3_600_000, Resolution.DAY: DAY_MS}
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsQuery:
+    """Aggregates of one campaign (optionally one event type) over `[start_ms, end_ms)`."""
+
+    campaign_id: str
+    event_type: str | None
+    start_ms: int
+    end_ms: int
+    resolution: Resolution
+
+    @classmethod
+    def parse(
+        cls, campaign_id: str, event_type: str, start_ms: int, end_ms: int, resolution: int
+    ) -> "MetricsQuery":
+        """Validate raw request fields; raise QueryError with the reason otherwise."""
+        if not campaign_id or len(campaign_id) > MAX_ID_CHARS:
+            raise QueryError(f"campaign_id must have 1..{MAX_ID_CHARS} characters")
+        if len(event_type) > MAX_ID_CHARS:
+            raise QueryError(f"event_type must have at most {MAX_ID_CHARS} characters")
+        if end_ms <= start_ms:
+            raise QueryError(f"end_ms ({end_ms}) must be after start_ms ({start_ms})")
+        try:
+            res = Resolution(resolution or Resolution.MINUTE)
+        except ValueError:
+            raise QueryError(f"unknown resolution {resolution}") from None
+        if end_ms - start_ms > MAX_RANGE_MS[res]:
+            days = MAX_RANGE_MS[res] // DAY_MS
+            raise QueryError(f"range too wide for {res.name} resolution: at most {days} days")
+        step = _BUCKET_MS[res]
+        if step:  # widen to whole hours or days, so every returned point is complete
+            start_ms -= start_ms % step
+            end_ms += -end_ms % step
+        return cls(campaign_id, event_type or None, start_ms, end_ms, res)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricPointRow:
+    """One point of a query answer."""
+
+    campaign_id: str
+    event_type: str
+    bucket_start_ms: int
+    event_count: int
+    value_sum: float

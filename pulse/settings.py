@@ -1,0 +1,114 @@
+"""Typed settings for each deployable, read from `PULSE_*` environment variables.
+
+Only composition roots call `load()`; everything else takes plain constructor arguments.
+"""
+
+from typing import Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pulse.errors import ConfigError
+from pulse.validation import Limits
+from pulse.windows import DAY_MS
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class CommonSettings(BaseSettings):
+    """What every Pulse process needs: where Kafka and TimescaleDB are, topic names, logs."""
+
+    model_config = SettingsConfigDict(env_prefix="PULSE_", frozen=True, extra="ignore")
+
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:39092", description="Kafka bootstrap servers, comma-separated host:port"
+    )
+    pg_dsn: SecretStr = Field(
+        SecretStr("postgresql://pulse:pulse@127.0.0.1:35432/pulse"),
+        description="PostgreSQL/TimescaleDB connection string (secret: never logged)",
+    )
+    topic_raw: str = Field("events.raw", description="topic of accepted events")
+    topic_late: str = Field("events.late", description="topic of events behind the watermark")
+    topic_dlq: str = Field("events.dlq", description="dead-letter topic of undecodable records")
+    topic_partitions: int = Field(4, ge=1, le=1024, description="partitions per created topic")
+    window_seconds: int = Field(60, ge=1, le=86_400, description="tumbling window length")
+    log_level: LogLevel = Field("INFO", description="log level")
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65_536:
+                msg = f"expected host:port[,host:port...], got {value!r}"
+                raise ValueError(msg)
+        return value
+
+    @field_validator("pg_dsn")
+    @classmethod
+    def _check_dsn(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            msg = "expected a postgresql:// URI"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("window_seconds")
+    @classmethod
+    def _check_window(cls, value: int) -> int:
+        if DAY_MS % (value * 1000) != 0:
+            msg = f"must divide a day (86400 s) so windows align to UTC days, got {value}"
+            raise ValueError(msg)
+        return value
+
+
+class IngestSettings(CommonSettings):
+    """The gRPC ingest edge."""
+
+    grpc_host: str = Field("127.0.0.1", description="address the gRPC server binds")
+    grpc_port: int = Field(50051, ge=1, le=65_535, description="gRPC port")
+    metrics_port: int = Field(9464, ge=0, le=65_535, description="Prometheus port; 0 disables")
+    max_batch_events: int = Field(10_000, ge=1, description="events per EventBatch message")
+    max_message_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="largest gRPC message accepted"
+    )
+    max_event_age_seconds: int = Field(7 * 86_400, ge=1, description="oldest accepted event")
+    max_future_skew_seconds: int = Field(300, ge=0, description="furthest-ahead accepted event")
+    produce_timeout_seconds: float = Field(
+        30.0, gt=0, description="how long an RPC waits for Kafka acknowledgements"
+    )
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_age_ms=self.max_event_age_seconds * 1000,
+            max_future_skew_ms=self.max_future_skew_seconds * 1000,
+        )
+
+
+class FlowSettings(CommonSettings):
+    """The Bytewax aggregation dataflow."""
+
+    allowed_lateness_seconds: int = Field(
+        10, ge=0, description="watermark = highest event time seen minus this"
+    )
+    kafka_batch_size: int = Field(5000, ge=1, description="messages per Kafka poll")
+    starting_offset: Literal["beginning", "end"] = Field(
+        "beginning", description="where the dataflow starts reading without recovery"
+    )
+    tail: bool = Field(True, description="keep waiting for new events at the end of the topic")
+    api_port: int = Field(3030, ge=1, le=65_535, description="Bytewax API and /metrics port")
+    workers: int = Field(1, ge=1, le=64, description="worker threads in this process")
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load(settings_type: type[S]) -> S:
+    """Read settings from the environment, or raise ConfigError naming the bad variable."""
+    try:
+        return settings_type()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        env = f"PULSE_{field.upper()}"
+        problem = first["msg"]
+        raise ConfigError(f"invalid configuration: {env}: {problem}") from None

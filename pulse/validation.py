@@ -1,0 +1,121 @@
+"""Validation of incoming events: pure rules with a reason for every rejection.
+
+Works on anything shaped like a `RawEvent` (the protobuf message itself, to avoid a
+per-event copy in the hot path).
+"""
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Protocol
+
+
+class Reason(IntEnum):
+    """Why an event was rejected. Values match `analytics.v1.RejectReason`."""
+
+    MISSING_FIELD = 1
+    FIELD_TOO_LONG = 2
+    TIMESTAMP_TOO_OLD = 3
+    TIMESTAMP_IN_FUTURE = 4
+    TOO_MANY_DIMENSIONS = 5
+    INVALID_VALUE = 6
+    INVALID_CHARACTERS = 7
+
+
+class EventLike(Protocol):
+    """The fields validation reads; `analytics_pb2.RawEvent` satisfies it."""
+
+    @property
+    def campaign_id(self) -> str: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def dimensions(self) -> Mapping[str, str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size and time limits for one event. Sizes count UTF-8 characters."""
+
+    max_id_chars: int = 128
+    max_event_type_chars: int = 64
+    max_dimensions: int = 32
+    max_dimension_key_chars: int = 64
+    max_dimension_value_chars: int = 256
+    max_age_ms: int = 7 * 86_400_000
+    max_future_skew_ms: int = 5 * 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One rejected event: where it was in the call, and why."""
+
+    index: int
+    event_id: str
+    reason: Reason
+    detail: str
+
+
+def _has_control_chars(text: str) -> bool:
+    return not text.isprintable()
+
+
+def _check_id(name: str, text: str, max_chars: int) -> tuple[Reason, str] | None:
+    if not text or text.isspace():
+        return Reason.MISSING_FIELD, f"{name} is empty"
+    if len(text) > max_chars:
+        return Reason.FIELD_TOO_LONG, f"{name} has {len(text)} characters, limit {max_chars}"
+    if _has_control_chars(text):
+        return Reason.INVALID_CHARACTERS, f"{name} contains control characters"
+    return None
+
+
+def check_event(event: EventLike, now_ms: int, limits: Limits) -> tuple[Reason, str] | None:
+    """Return `(reason, detail)` for an invalid event, or None when it is valid."""
+    problem = (
+        _check_id("campaign_id", event.campaign_id, limits.max_id_chars)
+        or _check_id("event_type", event.event_type, limits.max_event_type_chars)
+        or _check_id("event_id", event.event_id, limits.max_id_chars)
+    )
+    if problem:
+        return problem
+    ts = event.timestamp
+    if ts < now_ms - limits.max_age_ms:
+        return (
+            Reason.TIMESTAMP_TOO_OLD,
+            f"timestamp {ts} is more than {limits.max_age_ms // 1000} s before now",
+        )
+    if ts > now_ms + limits.max_future_skew_ms:
+        return (
+            Reason.TIMESTAMP_IN_FUTURE,
+            f"timestamp {ts} is more than {limits.max_future_skew_ms // 1000} s ahead of now",
+        )
+    if not math.isfinite(event.value):
+        return Reason.INVALID_VALUE, f"value {event.value} is not a finite number"
+    dims = event.dimensions
+    if len(dims) > limits.max_dimensions:
+        return (
+            Reason.TOO_MANY_DIMENSIONS,
+            f"{len(dims)} dimensions, limit {limits.max_dimensions}",
+        )
+    for key, val in dims.items():
+        if not key or len(key) > limits.max_dimension_key_chars:
+            return (
+                Reason.FIELD_TOO_LONG,
+                f"dimension key of {len(key)} characters, "
+                f"limits 1..{limits.max_dimension_key_chars}",
+            )
+        if len(val) > limits.max_dimension_value_chars:
+            return (
+                Reason.FIELD_TOO_LONG,
+                f"dimension {key!r} has {len(val)} characters, "
+                f"limit {limits.max_dimension_value_chars}",
+            )
+    return None

@@ -1,0 +1,67 @@
+"""Reads aggregates back from TimescaleDB for the QueryMetrics RPC."""
+
+from collections.abc import AsyncIterator
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from pulse.errors import SinkError
+from pulse.query import MetricPointRow, MetricsQuery, Resolution
+from pulse.timeutil import datetime_to_ms, ms_to_datetime
+
+_RELATIONS = {
+    Resolution.MINUTE: "event_metrics",
+    Resolution.HOUR: "event_metrics_hourly",
+    Resolution.DAY: "event_metrics_daily",
+}
+
+_QUERY = """
+SELECT campaign_id, event_type, bucket, event_count, value_sum
+FROM {relation}
+WHERE campaign_id = %(campaign_id)s
+  AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
+  AND bucket >= %(start)s AND bucket < %(end)s
+ORDER BY bucket, event_type
+"""
+
+
+class TimescaleMetricsReader:
+    """Streams query answers from a small async connection pool."""
+
+    def __init__(self, dsn: str, max_connections: int = 4) -> None:
+        self._pool = AsyncConnectionPool(
+            dsn, min_size=1, max_size=max_connections, open=False, kwargs={"autocommit": True}
+        )
+
+    async def open(self) -> None:
+        await self._pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self, timeout_s: float = 2.0) -> bool:
+        try:
+            async with self._pool.connection(timeout=timeout_s) as conn:
+                await conn.execute("SELECT 1")
+        except (psycopg.Error, TimeoutError):
+            return False
+        return True
+
+    async def query(self, query: MetricsQuery) -> AsyncIterator[MetricPointRow]:
+        statement = sql.SQL(_QUERY).format(relation=sql.Identifier(_RELATIONS[query.resolution]))
+        params = {
+            "campaign_id": query.campaign_id,
+            "event_type": query.event_type,
+            "start": ms_to_datetime(query.start_ms),
+            "end": ms_to_datetime(query.end_ms),
+        }
+        try:
+            async with self._pool.connection() as conn, conn.cursor() as cur:
+                await cur.execute(statement, params)
+                async for campaign_id, event_type, bucket, count, total in cur:
+                    yield MetricPointRow(
+                        campaign_id, event_type, datetime_to_ms(bucket), count, total
+                    )
+        except psycopg.Error as exc:
+            raise SinkError(f"metrics query failed: {exc}") from exc
