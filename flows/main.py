@@ -27,7 +27,6 @@ def flow_from_settings(s: FlowSettings) -> Dataflow:
         starting_offset=OFFSET_BEGINNING if s.starting_offset == "beginning" else OFFSET_END,
         batch_size=s.kafka_batch_size,
         raise_on_errors=False,
-        add_config={"fetch.message.max.bytes": "8388608"},
     )
     config = FlowConfig(
         window_ms=s.window_seconds * 1000,

@@ -62,6 +62,7 @@ class KafkaEventProducer:
                 "compression.type": "lz4",
                 "queue.buffering.max.messages": 500_000,
                 "message.timeout.ms": int(timeout_s * 1000),
+                "logger": logging.getLogger("librdkafka"),
             }
         )
         self._stop = threading.Event()

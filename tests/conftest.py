@@ -1,0 +1,76 @@
+"""Fixtures for tests that need the local stack (Kafka, PostgreSQL + TimescaleDB).
+
+`make test` starts the stack and exports PULSE_KAFKA_BOOTSTRAP and PULSE_PG_DSN. Each
+test session gets its own database, each test its own topics.
+"""
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pulse.settings import CommonSettings
+from sinks.schema import migrate
+from sinks.topics import ensure_topics
+
+STACK_TIERS = ("integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in STACK_TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+@dataclass(frozen=True)
+class Stack:
+    kafka_bootstrap: str
+    admin_dsn: str  # the stack's own database; tests create theirs beside it
+
+
+@dataclass(frozen=True)
+class Topics:
+    raw: str
+    late: str
+    dlq: str
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    defaults = CommonSettings()
+    bootstrap = os.environ.get("PULSE_KAFKA_BOOTSTRAP", defaults.kafka_bootstrap)
+    dsn = os.environ.get("PULSE_PG_DSN", defaults.pg_dsn.get_secret_value())
+    try:
+        psycopg.connect(dsn, connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"TimescaleDB is not reachable ({exc}); start the stack with `make up`")
+    return Stack(bootstrap, dsn)
+
+
+@pytest.fixture(scope="session")
+def database(stack: Stack) -> Iterator[str]:
+    """A fresh, migrated database for this test session; dropped afterwards."""
+    name = f"pulse_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(stack.admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = urlsplit(stack.admin_dsn)._replace(path=f"/{name}").geturl()
+    migrate(dsn)
+    yield dsn
+    with psycopg.connect(stack.admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def topics(stack: Stack) -> Topics:
+    """Unique raw/late/dlq topics for one test."""
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    names = Topics(f"{prefix}.raw", f"{prefix}.late", f"{prefix}.dlq")
+    ensure_topics(stack.kafka_bootstrap, [names.raw, names.late, names.dlq], partitions=3)
+    return names

@@ -1,0 +1,39 @@
+import pytest
+
+from pulse.errors import QueryError
+from pulse.query import MetricsQuery, Resolution
+
+HOUR = 3_600_000
+DAY = 24 * HOUR
+
+
+def test_minute_query_keeps_its_range() -> None:
+    q = MetricsQuery.parse("c1", "", 1_000, 61_000, 0)
+    assert (q.start_ms, q.end_ms, q.resolution, q.event_type) == (
+        1_000,
+        61_000,
+        Resolution.MINUTE,
+        None,
+    )
+
+
+def test_hour_and_day_queries_widen_to_whole_buckets() -> None:
+    q = MetricsQuery.parse("c1", "click", HOUR + 5, 2 * HOUR + 1, 2)
+    assert (q.start_ms, q.end_ms, q.event_type) == (HOUR, 3 * HOUR, "click")
+    q = MetricsQuery.parse("c1", "", DAY + 5, DAY + 6, 3)
+    assert (q.start_ms, q.end_ms) == (DAY, 2 * DAY)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("", "", 0, 1, 1), "campaign_id"),
+        (("c" * 129, "", 0, 1, 1), "campaign_id"),
+        (("c", "", 5, 5, 1), "must be after"),
+        (("c", "", 0, 32 * DAY, 1), "range too wide for MINUTE"),
+        (("c", "", 0, 1, 9), "unknown resolution 9"),
+    ],
+)
+def test_bad_queries_are_refused(args: tuple[str, str, int, int, int], message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        MetricsQuery.parse(*args)

@@ -1,0 +1,166 @@
+"""The gRPC servicer over a real in-process gRPC server, with fake ports."""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+import grpc
+import pytest
+
+from ingest.client import PulseClient
+from ingest.servicer import AnalyticsServicer, EventProducer, MetricsReader
+from protos.analytics.v1 import analytics_pb2 as pb
+from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
+from pulse.errors import KafkaDeliveryError
+from pulse.query import MetricPointRow, MetricsQuery
+from pulse.validation import Limits
+
+NOW = 1_764_000_000_000
+
+
+class RecordingProducer(EventProducer):
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+        self.fail_after = fail_after
+
+    async def send(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        await asyncio.sleep(0)
+        if self.fail_after is not None and len(self.records) + len(records) > self.fail_after:
+            raise KafkaDeliveryError("broker down")
+        self.records.extend(records)
+
+
+class FixedReader(MetricsReader):
+    def __init__(self) -> None:
+        self.queries: list[MetricsQuery] = []
+
+    async def query(self, query: MetricsQuery) -> AsyncIterator[MetricPointRow]:
+        self.queries.append(query)
+        for i in range(3):
+            yield MetricPointRow(
+                query.campaign_id, "click", query.start_ms + i * 60_000, i + 1, 0.5
+            )
+
+
+def with_server(
+    producer: RecordingProducer, reader: FixedReader, test: Callable[[str], Awaitable[None]]
+) -> None:
+    async def main() -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_AnalyticsServiceServicer_to_server(
+            AnalyticsServicer(producer, reader, Limits(), 100, lambda: NOW), server
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            await test(f"127.0.0.1:{port}")
+        finally:
+            await server.stop(None)
+
+    asyncio.run(main())
+
+
+def event(i: int, **overrides: object) -> pb.RawEvent:
+    fields: dict[str, object] = {
+        "campaign_id": f"c{i % 3}",
+        "event_type": "click",
+        "event_id": f"e{i}",
+        "timestamp": NOW - i,
+        "value": 0.5,
+    }
+    fields.update(overrides)
+    return pb.RawEvent(**fields)  # type: ignore[arg-type]
+
+
+def test_valid_events_are_produced_and_invalid_ones_rejected_with_reasons() -> None:
+    producer, reader = RecordingProducer(), FixedReader()
+    events = [event(i) for i in range(250)]
+    events[7] = event(7, campaign_id="")
+    events[120] = event(120, timestamp=NOW + 3_600_000)
+    events[249] = event(249, value=float("nan"))
+
+    async def test(target: str) -> None:
+        async with PulseClient(target, batch_size=40) as client:
+            response = await client.ingest(events)
+        assert (response.accepted, response.dropped) == (247, 3)
+        assert [(r.index, r.event_id, r.reason) for r in response.rejections] == [
+            (7, "e7", pb.REJECT_REASON_MISSING_FIELD),
+            (120, "e120", pb.REJECT_REASON_TIMESTAMP_IN_FUTURE),
+            (249, "e249", pb.REJECT_REASON_INVALID_VALUE),
+        ]
+        assert "campaign_id is empty" in response.rejections[0].detail
+
+    with_server(producer, reader, test)
+    assert len(producer.records) == 247
+    expected = [e for i, e in enumerate(events) if i not in (7, 120, 249)]
+    assert [pb.RawEvent.FromString(v) for _k, v in producer.records] == expected
+    assert [k for k, _v in producer.records] == [e.campaign_id.encode() for e in expected]
+
+
+def test_single_event_rpc_counts_the_same() -> None:
+    producer, reader = RecordingProducer(), FixedReader()
+
+    async def test(target: str) -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.AnalyticsServiceStub(channel)
+
+            async def stream() -> AsyncIterator[pb.RawEvent]:
+                for i in range(1203):
+                    yield event(i, event_id="" if i == 1000 else f"e{i}")
+
+            response = await stub.IngestEvents(stream())
+        assert (response.accepted, response.dropped) == (1202, 1)
+        assert response.rejections[0].index == 1000
+
+    with_server(producer, reader, test)
+    assert len(producer.records) == 1202
+
+
+def test_kafka_failure_is_an_error_status_never_a_false_accept() -> None:
+    producer, reader = RecordingProducer(fail_after=100), FixedReader()
+
+    async def test(target: str) -> None:
+        async with PulseClient(target, batch_size=50) as client:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.ingest([event(i) for i in range(300)])
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "100 of 300 valid events were acknowledged" in (info.value.details() or "")
+        assert "broker down" in (info.value.details() or "")
+
+    with_server(producer, reader, test)
+
+
+def test_oversized_batch_is_refused() -> None:
+    producer, reader = RecordingProducer(), FixedReader()
+
+    async def test(target: str) -> None:
+        async with PulseClient(target, batch_size=101) as client:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.ingest([event(i) for i in range(101)])
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "exceeds the limit of 100" in (info.value.details() or "")
+
+    with_server(producer, reader, test)
+    assert producer.records == []
+
+
+def test_query_metrics_streams_points_and_refuses_bad_ranges() -> None:
+    producer, reader = RecordingProducer(), FixedReader()
+
+    async def test(target: str) -> None:
+        async with PulseClient(target) as client:
+            points = await client.query(
+                pb.MetricsRequest(campaign_id="c1", start_ms=NOW, end_ms=NOW + 600_000)
+            )
+            assert [(p.bucket_start_ms, p.event_count) for p in points] == [
+                (NOW, 1),
+                (NOW + 60_000, 2),
+                (NOW + 120_000, 3),
+            ]
+            assert {p.resolution for p in points} == {pb.RESOLUTION_MINUTE}
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.query(pb.MetricsRequest(campaign_id="c1", start_ms=NOW, end_ms=NOW))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "must be after start_ms" in (info.value.details() or "")
+
+    with_server(producer, reader, test)
+    assert reader.queries[0].event_type is None
