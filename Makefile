@@ -39,8 +39,8 @@ migrate: deps up ## create the TimescaleDB schema and the Kafka topics (idempote
 	@$(STACK_ENV) && $(BIN)/pulse migrate
 
 .PHONY: run
-run: install up migrate ## run the whole pipeline locally with a demo load (Ctrl-C stops it)
-	@$(STACK_ENV) && bash scripts/run-demo.sh
+run: install ## run the whole pipeline locally with a demo load (Ctrl-C stops it)
+	@bash scripts/run-demo.sh
 
 .PHONY: protos
 protos: deps ## regenerate the Python code and type stubs from protos/

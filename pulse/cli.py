@@ -56,6 +56,30 @@ def _load(args: argparse.Namespace) -> None:
     print(report.summary())
 
 
+def _health(args: argparse.Namespace) -> None:
+    import time
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + args.wait
+    with grpc.insecure_channel(args.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    print(f"{args.target}: SERVING")
+                    return
+                state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as exc:
+                state = exc.code().name
+            if time.monotonic() >= deadline:
+                print(f"{args.target}: {state}", file=sys.stderr)
+                sys.exit(1)
+            time.sleep(0.2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pulse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--seed", type=int, default=1)
     load.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     load.set_defaults(run=_load)
+    health = sub.add_parser("health", help="check the ingest edge's gRPC health (exit 0 = SERVING)")
+    health.add_argument("--target", default="127.0.0.1:50051")
+    health.add_argument("--wait", type=float, default=0.0, help="seconds to wait for SERVING")
+    health.set_defaults(run=_health)
     return parser
 
 

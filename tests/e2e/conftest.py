@@ -70,7 +70,11 @@ def pipeline(stack: Stack, database: str, topics: Topics, tmp_path: Path) -> Ite
         with (tmp_path / f"{name}.log").open("wb") as log:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "pulse", name], env=env, stdout=log, stderr=log
+                    [sys.executable, "-m", "pulse", name],
+                    env=env,
+                    stdout=log,
+                    stderr=log,
+                    cwd=tmp_path,
                 )
             )
     target = f"127.0.0.1:{grpc_port}"

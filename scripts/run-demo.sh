@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# `make run`: the whole pipeline on this machine with a demo load. Ctrl-C stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BIN="$ROOT/.venv/bin"
+LOGS="$ROOT/.data/logs"
+RUN_DIR="$ROOT/.data/run"
+say() { printf '\033[1m[run]\033[0m %s\n' "$*"; }
+
+stack_was_up=false
+status=$(bash scripts/stack.sh status 2>/dev/null || true)
+if grep -q "^kafka .*running" <<<"$status" && grep -q "^postgres .*running" <<<"$status"; then
+  stack_was_up=true
+fi
+bash scripts/stack.sh up
+eval "$(bash scripts/stack.sh env)"
+"$BIN/pulse" migrate
+
+mkdir -p "$LOGS" "$RUN_DIR"
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  say "stopping the ingest edge, the dataflow and the load"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "$stack_was_up" = false ]; then
+    say "stopping the local stack (it was started by this run)"
+    bash scripts/stack.sh down
+  else
+    say "the local stack was already running and stays up ('make down' stops it)"
+  fi
+  exit 0
+}
+trap cleanup INT TERM EXIT
+
+(cd "$RUN_DIR" && exec "$BIN/pulse" serve) >"$LOGS/serve.log" 2>&1 &
+pids+=($!)
+(cd "$RUN_DIR" && exec "$BIN/pulse" flow) >"$LOGS/flow.log" 2>&1 &
+pids+=($!)
+"$BIN/pulse" health --wait 30 || { tail -n 20 "$LOGS/serve.log"; exit 1; }
+
+counted() {
+  psql "$PULSE_PG_DSN" -Atc "SELECT coalesce(sum(event_count), 0) FROM event_metrics"
+}
+before=$(counted)
+say "streaming a first burst of 50,000 events through the gRPC edge"
+"$BIN/pulse" load --events 50000 --campaigns 20 --seed "$RANDOM"
+started=$EPOCHREALTIME
+for _ in $(seq 120); do
+  now_counted=$(counted)
+  [ $((now_counted - before)) -ge 50000 ] && break
+  sleep 0.25
+done
+say "$((now_counted - before)) of those events are aggregated in TimescaleDB" \
+    "($(awk "BEGIN { printf \"%.1f\", $EPOCHREALTIME - $started }") s after the last one was acknowledged)"
+
+"$BIN/pulse" load --events 0 --rate 500 --seed "$RANDOM" --quiet >"$LOGS/load.log" 2>&1 &
+pids+=($!)
+
+cat <<MSG
+
+  Pulse is running. A demo load keeps streaming 500 events/s.
+
+  Query the aggregates:
+    psql "$PULSE_PG_DSN" -c "SELECT bucket, campaign_id, event_type, event_count, value_sum
+                              FROM event_metrics WHERE bucket > now() - interval '10 minutes'
+                              ORDER BY bucket DESC, campaign_id, event_type LIMIT 20"
+  Metrics:   http://127.0.0.1:${PULSE_METRICS_PORT:-9464}/metrics   (ingest edge)
+             http://127.0.0.1:${PULSE_API_PORT:-3030}/metrics   (dataflow)
+  gRPC:      127.0.0.1:${PULSE_GRPC_PORT:-50051}   (analytics.v1.AnalyticsService, reflection on)
+  Logs:      $LOGS/{serve,flow,load}.log
+
+  Press Ctrl-C to stop.
+MSG
+wait "${pids[0]}"
