@@ -84,3 +84,8 @@ lock: ## re-pin requirements.lock from pyproject.toml in a scratch venv
 .PHONY: clean
 clean: down ## stop the stack and delete local data (.data) and the venv
 	rm -rf .data $(VENV)
+
+.PHONY: bench
+bench: install up ## benchmarks: ingest RPC shapes and dataflow throughput (prints figures)
+	@$(STACK_ENV) && $(BIN)/python -m benchmarks.bench_ingest -n $${BENCH_EVENTS:-100000}
+	@$(STACK_ENV) && $(BIN)/python -m benchmarks.bench_flow -n $${BENCH_FLOW_EVENTS:-1000000}

@@ -16,6 +16,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
+from confluent_kafka import Message
 
 from pulse.aggregation import (
     CampaignSnapshot,
@@ -30,7 +31,6 @@ from . import metrics
 from .records import (
     DeadLetter,
     OutMessage,
-    SourceItem,
     dead_letter_message,
     decode_batch,
     late_message,
@@ -87,7 +87,7 @@ def _is_row(item: MetricRow | LateEvent) -> TypeGuard[MetricRow]:
 def build_flow(
     flow_id: str,
     config: FlowConfig,
-    source: Source[SourceItem],
+    source: Source[Message],
     metrics_sink: Sink[MetricRow],
     kafka_sink: Sink[OutMessage],
 ) -> Dataflow:

@@ -6,7 +6,7 @@ Run with `pulse flow`, or as a Bytewax cluster:
 
 import os
 
-from bytewax.connectors.kafka import KafkaSink, KafkaSource
+from bytewax.connectors.kafka import KafkaSink
 from bytewax.dataflow import Dataflow
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
@@ -16,17 +16,17 @@ from sinks.timescale_writer import TimescaleMetricsSink
 
 from . import metrics
 from .aggregate import FlowConfig, build_flow
+from .kafka_source import MessageKafkaSource
 
 
 def flow_from_settings(s: FlowSettings) -> Dataflow:
     brokers = s.kafka_bootstrap.split(",")
-    source = KafkaSource(
+    source = MessageKafkaSource(
         brokers,
         [s.topic_raw],
         tail=s.tail,
         starting_offset=OFFSET_BEGINNING if s.starting_offset == "beginning" else OFFSET_END,
         batch_size=s.kafka_batch_size,
-        raise_on_errors=False,
     )
     config = FlowConfig(
         window_ms=s.window_seconds * 1000,
@@ -41,7 +41,7 @@ def flow_from_settings(s: FlowSettings) -> Dataflow:
     kafka_sink = KafkaSink(
         brokers, topic=None, add_config={"enable.idempotence": "true", "acks": "all"}
     )
-    return build_flow("pulse_aggregate", config, source, metrics_sink, kafka_sink)
+    return build_flow("pulse_aggregate", config, source, metrics_sink, kafka_sink)  # type: ignore[arg-type]
 
 
 def get_flow() -> Dataflow:

@@ -5,13 +5,13 @@ This is the flow's decoding edge: protobuf in, plain tuples out, one pass per ba
 
 from dataclasses import dataclass
 
-from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSinkMessage
+from confluent_kafka import Message
 from google.protobuf.message import DecodeError
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.aggregation import Event, EventChunk, LateEvent
 
-SourceItem = KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[bytes | None, bytes | None]
 OutMessage = KafkaSinkMessage[bytes | None, bytes | None]
 
 
@@ -27,22 +27,23 @@ class DeadLetter:
     offset: int
 
 
-def _dead(msg: KafkaSourceMessage[bytes | None, bytes | None], error: str) -> DeadLetter:
+def _dead(msg: Message, error: str) -> DeadLetter:
     return DeadLetter(
-        msg.key, msg.value, error, msg.topic or "", msg.partition or 0, msg.offset or 0
+        msg.key(), msg.value(), error, msg.topic() or "", msg.partition() or 0, msg.offset() or 0
     )
 
 
-def decode_batch(items: list[SourceItem]) -> list[tuple[str, EventChunk] | DeadLetter]:
+def decode_batch(items: list[Message]) -> list[tuple[str, EventChunk] | DeadLetter]:
     """Group one input batch into per-campaign chunks (keyed), keeping offset order."""
     chunks: dict[str, list[Event]] = {}
     out: list[tuple[str, EventChunk] | DeadLetter] = []
     parse = pb.RawEvent.FromString
     for item in items:
-        if isinstance(item, KafkaError):
-            out.append(_dead(item.msg, f"kafka error: {item.err}"))
+        error = item.error()
+        if error is not None:
+            out.append(_dead(item, f"kafka error: {error}"))
             continue
-        raw = item.value
+        raw = item.value()
         if raw is None:
             out.append(_dead(item, "record has no value"))
             continue
@@ -63,8 +64,8 @@ def decode_batch(items: list[SourceItem]) -> list[tuple[str, EventChunk] | DeadL
                 event.timestamp,
                 event.value,
                 raw,
-                item.partition or 0,
-                item.offset or 0,
+                item.partition() or 0,
+                item.offset() or 0,
             )
         )
     out.extend((campaign, EventChunk(campaign, events)) for campaign, events in chunks.items())

@@ -22,7 +22,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_LISTED_REJECTIONS = 1000
 SINGLE_EVENT_CHUNK = 500  # single-event RPC: events produced together
-MAX_INFLIGHT_BATCHES = 8  # batches awaiting Kafka acknowledgement per call (backpressure)
+MAX_INFLIGHT_EVENTS = 20_000  # events awaiting Kafka acknowledgement per call (backpressure)
 
 
 class EventProducer(Protocol):
@@ -91,13 +91,18 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self, batches: AsyncIterator[Sequence[pb.RawEvent]], context: Context
     ) -> pb.IngestResponse:
         response = pb.IngestResponse()
-        inflight: deque[asyncio.Task[int]] = deque()
+        inflight: deque[tuple[asyncio.Task[None], int]] = deque()
+        inflight_events = 0
         index = 0
         failures: list[str] = []
 
-        async def settle(task: asyncio.Task[int]) -> None:
+        async def settle() -> None:
+            nonlocal inflight_events
+            task, size = inflight.popleft()
+            inflight_events -= size
             try:
-                response.accepted += await task
+                await task
+                response.accepted += size
             except KafkaDeliveryError as exc:
                 metrics.DELIVERY_FAILURES.inc()
                 failures.append(str(exc))
@@ -107,12 +112,13 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 records = self._validate(events, index, response)
                 index += len(events)
                 if records:
-                    inflight.append(asyncio.ensure_future(self._send(records)))
-                while len(inflight) > MAX_INFLIGHT_BATCHES:
-                    await settle(inflight.popleft())
+                    inflight.append((asyncio.ensure_future(self._send(records)), len(records)))
+                    inflight_events += len(records)
+                while inflight_events > MAX_INFLIGHT_EVENTS:
+                    await settle()
         finally:
             while inflight:
-                await settle(inflight.popleft())
+                await settle()
         if failures:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
@@ -146,12 +152,11 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         metrics.EVENTS_RECEIVED.inc(len(events))
         return records
 
-    async def _send(self, records: list[tuple[bytes, bytes]]) -> int:
+    async def _send(self, records: list[tuple[bytes, bytes]]) -> None:
         metrics.BATCH_EVENTS.observe(len(records))
         with metrics.PRODUCE_SECONDS.time():
             await self._producer.send(records)
         metrics.EVENTS_ACCEPTED.inc(len(records))
-        return len(records)
 
     async def QueryMetrics(  # noqa: N802
         self, request: pb.MetricsRequest, context: Context

@@ -3,8 +3,9 @@
 import random
 
 import pytest
-from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from confluent_kafka import Message
 
 from flows.aggregate import FlowConfig, build_flow
 from flows.records import OutMessage
@@ -23,9 +24,7 @@ CONFIG = FlowConfig(
 )
 
 
-def record(
-    offset: int, campaign: str, event_type: str, ts: int, value: float
-) -> KafkaSourceMessage:
+def record(offset: int, campaign: str, event_type: str, ts: int, value: float) -> Message:
     raw = pb.RawEvent(
         campaign_id=campaign,
         event_type=event_type,
@@ -33,17 +32,15 @@ def record(
         value=value,
         event_id=f"e{offset}",
     ).SerializeToString()
-    return KafkaSourceMessage(
-        key=campaign.encode(), value=raw, topic="events.raw", partition=0, offset=offset
-    )
+    return Message(key=campaign.encode(), value=raw, topic="events.raw", partition=0, offset=offset)
 
 
-def garbage(offset: int, value: bytes | None) -> KafkaSourceMessage:
-    return KafkaSourceMessage(key=b"k", value=value, topic="events.raw", partition=0, offset=offset)
+def garbage(offset: int, value: bytes | None) -> Message:
+    return Message(key=b"k", value=value, topic="events.raw", partition=0, offset=offset)
 
 
 def run_flow(
-    items: list[KafkaSourceMessage], batch_size: int, workers: int = 1
+    items: list[Message], batch_size: int, workers: int = 1
 ) -> tuple[list[MetricRow], list[OutMessage]]:
     rows: list[MetricRow] = []
     side: list[KafkaSinkMessage] = []
@@ -107,7 +104,7 @@ def test_late_events_go_to_the_late_topic_with_their_bytes() -> None:
     assert table(rows) == reference(on_time)
     assert len(side) == 1
     assert side[0].topic == "events.late"
-    assert side[0].value == items[2].value
+    assert side[0].value == items[2].value()
     assert side[0].key == b"c1"
     headers = dict(side[0].headers)
     assert headers["pulse.source"] == b"events.raw[0]@2"

@@ -1,0 +1,104 @@
+"""Shared helpers for benchmarks: stack settings, fresh topics and databases, subprocesses."""
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg import sql
+
+from protos.analytics.v1 import analytics_pb2 as pb
+from pulse.settings import CommonSettings, load
+from sinks.schema import migrate
+from sinks.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def stack() -> tuple[str, str]:
+    s = load(CommonSettings)
+    return s.kafka_bootstrap, s.pg_dsn.get_secret_value()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def fresh_topics(bootstrap: str, partitions: int = 4) -> dict[str, str]:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    names = {"raw": f"{prefix}.raw", "late": f"{prefix}.late", "dlq": f"{prefix}.dlq"}
+    ensure_topics(bootstrap, list(names.values()), partitions)
+    return names
+
+
+@contextmanager
+def fresh_database(admin_dsn: str) -> Iterator[str]:
+    name = f"pulse_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = urlsplit(admin_dsn)._replace(path=f"/{name}").geturl()
+    migrate(dsn)
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def synthetic_events(
+    n: int, campaigns: int = 50, seed: int = 1, first: int = 0, total: int | None = None
+) -> list[pb.RawEvent]:
+    """Events `first..first+n` of `total` spread evenly over the last hour, a little shuffled
+    (never late at the default 10 s lateness)."""
+    rng = random.Random(seed)
+    total = total or n
+    start = int(time.time() * 1000) - 3_700_000
+    types = ["impression"] * 16 + ["click"] * 3 + ["conversion"]
+    return [
+        pb.RawEvent(
+            campaign_id=f"campaign-{rng.randrange(campaigns):03d}",
+            event_type=rng.choice(types),
+            timestamp=start + i * 3_600_000 // total + rng.randrange(2000),
+            event_id=f"bench-{seed}-{i}",
+            value=rng.randrange(400) / 8,
+            dimensions={"user_id": f"user-{rng.randrange(100_000)}"},
+        )
+        for i in range(first, first + n)
+    ]
+
+
+@contextmanager
+def pulse_process(
+    command: str, env: dict[str, str], workdir: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    with (workdir / f"{command}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pulse", command],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=log,
+            cwd=workdir,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
