@@ -21,7 +21,7 @@ from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from .common import free_port, fresh_topics, pulse_process, stack, synthetic_events
 
 
-async def _single(stub: pb_grpc.AnalyticsServiceAsyncStub, events: list[pb.RawEvent]) -> int:
+async def _single(stub: "pb_grpc.AnalyticsServiceAsyncStub", events: list[pb.RawEvent]) -> int:
     async def stream() -> AsyncIterator[pb.RawEvent]:
         for event in events:
             yield event
@@ -30,7 +30,7 @@ async def _single(stub: pb_grpc.AnalyticsServiceAsyncStub, events: list[pb.RawEv
     return reply.accepted
 
 
-async def _batched(stub: pb_grpc.AnalyticsServiceAsyncStub, batches: list[pb.EventBatch]) -> int:
+async def _batched(stub: "pb_grpc.AnalyticsServiceAsyncStub", batches: list[pb.EventBatch]) -> int:
     async def stream() -> AsyncIterator[pb.EventBatch]:
         for batch in batches:
             yield batch

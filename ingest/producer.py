@@ -1,7 +1,8 @@
-"""Asyncio adapter over confluent-kafka's idempotent producer.
+"""Asyncio adapter over confluent-kafka's idempotent producer (`acks=all`).
 
-`send()` resolves only when Kafka has acknowledged every message of the batch
-(`acks=all`), which is what lets the edge report an event as accepted.
+Records are produced as soon as they arrive and grouped into a `Delivery`, whose
+`acknowledged()` resolves only once Kafka has acknowledged every one of its records:
+that is what lets the edge report an event as accepted.
 """
 
 import asyncio
@@ -17,43 +18,100 @@ from pulse.errors import KafkaDeliveryError
 log = logging.getLogger(__name__)
 
 
-class _BatchAck:
-    """Counts the acknowledgements of one batch; resolves its future on the loop thread."""
+class Delivery:
+    """A group of produced records whose acknowledgements are awaited together.
 
-    __slots__ = ("error", "future", "loop", "pending")
+    `produced` is written only by the event loop and `delivered` only by the poll
+    thread, so neither count needs a lock; whichever side completes the group last
+    resolves the future (on the loop thread).
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
-        self.loop = loop
-        self.future: asyncio.Future[None] = loop.create_future()
-        self.pending = size
-        self.error: KafkaError | None = None
+    __slots__ = (
+        "_closed",
+        "_delivered",
+        "_error",
+        "_future",
+        "_loop",
+        "_owner",
+        "_produced",
+        "_started",
+    )
 
-    def on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+    def __init__(self, owner: "KafkaEventProducer", loop: asyncio.AbstractEventLoop) -> None:
+        self._owner = owner
+        self._loop = loop
+        self._future: asyncio.Future[None] = loop.create_future()
+        self._produced = 0
+        self._delivered = 0
+        self._closed = False
+        self._error: str | None = None
+        self._started = loop.time()
+
+    @property
+    def size(self) -> int:
+        """Records produced into this group so far."""
+        return self._produced
+
+    async def add(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Produce `(key, value)` records now; waits only while the local queue is full."""
+        if self._error is not None:
+            return  # the group has failed already; its caller will be told
+        produce = self._owner.raw_producer.produce
+        topic = self._owner.topic
+        callback = self._on_delivery
+        for key, value in records:
+            while True:
+                try:
+                    produce(topic, value, key, on_delivery=callback)
+                    self._produced += 1
+                    break
+                except BufferError:
+                    # Local queue full: let the poll thread drain acknowledgements.
+                    await asyncio.sleep(0.005)
+                except KafkaException as exc:
+                    self._error = self._error or f"Kafka refused a record: {exc}"
+                    return
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
         # Runs on the poll thread.
-        if err is not None and self.error is None:
-            self.error = err
-        self.pending -= 1
-        if self.pending == 0:
-            self.loop.call_soon_threadsafe(self._finish)
+        if err is not None and self._error is None:
+            self._error = f"Kafka did not acknowledge a record: {err.str()}"
+        self._delivered += 1
+        if self._closed and self._delivered == self._produced:
+            self._loop.call_soon_threadsafe(self._finish)
 
     def _finish(self) -> None:
-        if self.future.done():
+        if self._future.done():
             return
-        if self.error is None:
-            self.future.set_result(None)
+        if self._error is None:
+            self._future.set_result(None)
         else:
-            self.future.set_exception(
-                KafkaDeliveryError(f"Kafka did not acknowledge the batch: {self.error.str()}")
-            )
+            self._future.set_exception(KafkaDeliveryError(self._error))
+
+    async def acknowledged(self) -> float:
+        """Close the group and wait for every acknowledgement; return the seconds taken.
+
+        Raises KafkaDeliveryError when any record was refused or not acknowledged in time.
+        """
+        self._closed = True
+        if self._delivered == self._produced:
+            self._finish()
+        timeout = self._owner.timeout_s + 5  # librdkafka itself gives up after timeout_s
+        try:
+            await asyncio.wait_for(asyncio.shield(self._future), timeout)
+        except TimeoutError as exc:
+            msg = f"no acknowledgement from Kafka within {timeout:.0f} s"
+            raise KafkaDeliveryError(msg) from exc
+        return self._loop.time() - self._started
 
 
 class KafkaEventProducer:
-    """Produces `(key, value)` batches to one topic and awaits their acknowledgement."""
+    """Produces records to one topic; a background thread serves delivery reports."""
 
     def __init__(self, bootstrap: str, topic: str, timeout_s: float) -> None:
-        self._topic = topic
-        self._timeout_s = timeout_s
-        self._producer = Producer(
+        self.topic = topic
+        self.timeout_s = timeout_s
+        self.raw_producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
                 "enable.idempotence": True,
@@ -71,48 +129,30 @@ class KafkaEventProducer:
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
-            self._producer.poll(0.05)
+            self.raw_producer.poll(0.05)
+
+    def open(self) -> Delivery:
+        """Start a group of records acknowledged together (call on the event loop)."""
+        return Delivery(self, asyncio.get_running_loop())
 
     async def send(self, records: Sequence[tuple[bytes, bytes]]) -> None:
-        """Produce the records and wait until Kafka acknowledged all of them.
-
-        Raises KafkaDeliveryError when any record was not acknowledged in time.
-        """
-        if not records:
-            return
-        ack = _BatchAck(asyncio.get_running_loop(), len(records))
-        produce = self._producer.produce
-        topic = self._topic
-        callback = ack.on_delivery
-        for key, value in records:
-            while True:
-                try:
-                    produce(topic, value, key, on_delivery=callback)
-                    break
-                except BufferError:
-                    # Local queue full: let the poll thread drain acknowledgements.
-                    await asyncio.sleep(0.005)
-                except KafkaException as exc:
-                    msg = f"Kafka refused a record: {exc}"
-                    raise KafkaDeliveryError(msg) from exc
-        try:
-            await asyncio.wait_for(asyncio.shield(ack.future), self._timeout_s + 5)
-        except TimeoutError as exc:
-            msg = f"no acknowledgement from Kafka within {self._timeout_s:.0f} s"
-            raise KafkaDeliveryError(msg) from exc
+        """Produce the records and wait until Kafka acknowledged all of them."""
+        delivery = self.open()
+        await delivery.add(records)
+        await delivery.acknowledged()
 
     def ping(self, timeout_s: float = 2.0) -> bool:
         """True when the broker answers a metadata request for our topic."""
         try:
-            metadata = self._producer.list_topics(self._topic, timeout=timeout_s)
+            metadata = self.raw_producer.list_topics(self.topic, timeout=timeout_s)
         except KafkaException:
             return False
-        topic = metadata.topics.get(self._topic)
+        topic = metadata.topics.get(self.topic)
         return topic is not None and topic.error is None
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush outstanding records, then stop the poll thread."""
-        remaining = self._producer.flush(timeout_s)
+        remaining = self.raw_producer.flush(timeout_s)
         if remaining:
             log.warning("closing producer with %d unacknowledged records", remaining)
         self._stop.set()

@@ -21,33 +21,29 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_LISTED_REJECTIONS = 1000
-SINGLE_EVENT_CHUNK = 500  # single-event RPC: events produced together
+DELIVERY_EVENTS = 1000  # events whose Kafka acknowledgements are awaited together
 MAX_INFLIGHT_EVENTS = 20_000  # events awaiting Kafka acknowledgement per call (backpressure)
 
 
-class EventProducer(Protocol):
-    """Port to Kafka: resolves once every record is acknowledged."""
+class Delivery(Protocol):
+    """Records produced now, acknowledged together."""
 
-    async def send(self, records: Sequence[tuple[bytes, bytes]]) -> None: ...
+    @property
+    def size(self) -> int: ...
+    async def add(self, records: Sequence[tuple[bytes, bytes]]) -> None: ...
+    async def acknowledged(self) -> float: ...
+
+
+class EventProducer(Protocol):
+    """Port to Kafka."""
+
+    def open(self) -> Delivery: ...
 
 
 class MetricsReader(Protocol):
     """Port to the aggregate store."""
 
     def query(self, query: MetricsQuery) -> AsyncIterator[MetricPointRow]: ...
-
-
-async def _chunked(
-    events: AsyncIterator[pb.RawEvent], size: int
-) -> AsyncIterator[list[pb.RawEvent]]:
-    chunk: list[pb.RawEvent] = []
-    async for event in events:
-        chunk.append(event)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
@@ -70,7 +66,8 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     async def IngestEvents(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.RawEvent], context: Context
     ) -> pb.IngestResponse:
-        return await self._ingest(_chunked(request_iterator, SINGLE_EVENT_CHUNK), context)
+        # Each event is produced as soon as it arrives: a slow stream never holds events back.
+        return await self._ingest(([event] async for event in request_iterator), context)
 
     async def IngestEventBatches(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.EventBatch], context: Context
@@ -91,17 +88,27 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self, batches: AsyncIterator[Sequence[pb.RawEvent]], context: Context
     ) -> pb.IngestResponse:
         response = pb.IngestResponse()
-        inflight: deque[tuple[asyncio.Task[None], int]] = deque()
+        inflight: deque[tuple[asyncio.Task[float], int]] = deque()
         inflight_events = 0
         index = 0
         failures: list[str] = []
+        delivery: Delivery | None = None
+
+        def close_delivery() -> None:
+            nonlocal delivery, inflight_events
+            if delivery is not None and delivery.size:
+                inflight.append((asyncio.ensure_future(delivery.acknowledged()), delivery.size))
+                inflight_events += delivery.size
+            delivery = None
 
         async def settle() -> None:
             nonlocal inflight_events
             task, size = inflight.popleft()
             inflight_events -= size
             try:
-                await task
+                metrics.PRODUCE_SECONDS.observe(await task)
+                metrics.BATCH_EVENTS.observe(size)
+                metrics.EVENTS_ACCEPTED.inc(size)
                 response.accepted += size
             except KafkaDeliveryError as exc:
                 metrics.DELIVERY_FAILURES.inc()
@@ -112,11 +119,15 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 records = self._validate(events, index, response)
                 index += len(events)
                 if records:
-                    inflight.append((asyncio.ensure_future(self._send(records)), len(records)))
-                    inflight_events += len(records)
+                    if delivery is None:
+                        delivery = self._producer.open()
+                    await delivery.add(records)
+                    if delivery.size >= DELIVERY_EVENTS:
+                        close_delivery()
                 while inflight_events > MAX_INFLIGHT_EVENTS:
                     await settle()
         finally:
+            close_delivery()
             while inflight:
                 await settle()
         if failures:
@@ -151,12 +162,6 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 )
         metrics.EVENTS_RECEIVED.inc(len(events))
         return records
-
-    async def _send(self, records: list[tuple[bytes, bytes]]) -> None:
-        metrics.BATCH_EVENTS.observe(len(records))
-        with metrics.PRODUCE_SECONDS.time():
-            await self._producer.send(records)
-        metrics.EVENTS_ACCEPTED.inc(len(records))
 
     async def QueryMetrics(  # noqa: N802
         self, request: pb.MetricsRequest, context: Context

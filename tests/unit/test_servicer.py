@@ -7,7 +7,13 @@ import grpc
 import pytest
 
 from ingest.client import PulseClient
-from ingest.servicer import AnalyticsServicer, EventProducer, MetricsReader
+from ingest.servicer import (
+    DELIVERY_EVENTS,
+    AnalyticsServicer,
+    Delivery,
+    EventProducer,
+    MetricsReader,
+)
 from protos.analytics.v1 import analytics_pb2 as pb
 from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from pulse.errors import KafkaDeliveryError
@@ -17,16 +23,40 @@ from pulse.validation import Limits
 NOW = 1_764_000_000_000
 
 
+class RecordingDelivery(Delivery):
+    """Acknowledges its records, or fails once the producer's budget is spent."""
+
+    def __init__(self, producer: "RecordingProducer") -> None:
+        self.producer = producer
+        self.records: list[tuple[bytes, bytes]] = []
+
+    @property
+    def size(self) -> int:
+        return len(self.records)
+
+    async def add(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        self.records.extend(records)
+        self.producer.produced += len(records)
+
+    async def acknowledged(self) -> float:
+        await asyncio.sleep(0)
+        budget = self.producer.fail_after
+        if budget is not None and len(self.producer.records) + self.size > budget:
+            raise KafkaDeliveryError("broker down")
+        self.producer.records.extend(self.records)
+        self.producer.deliveries.append(self.size)
+        return 0.001
+
+
 class RecordingProducer(EventProducer):
     def __init__(self, fail_after: int | None = None) -> None:
         self.records: list[tuple[bytes, bytes]] = []
+        self.deliveries: list[int] = []
+        self.produced = 0  # handed to Kafka, acknowledged or not
         self.fail_after = fail_after
 
-    async def send(self, records: Sequence[tuple[bytes, bytes]]) -> None:
-        await asyncio.sleep(0)
-        if self.fail_after is not None and len(self.records) + len(records) > self.fail_after:
-            raise KafkaDeliveryError("broker down")
-        self.records.extend(records)
+    def open(self) -> RecordingDelivery:
+        return RecordingDelivery(self)
 
 
 class FixedReader(MetricsReader):
@@ -115,15 +145,51 @@ def test_single_event_rpc_counts_the_same() -> None:
     assert len(producer.records) == 1202
 
 
+def test_single_events_are_produced_as_they_arrive() -> None:
+    producer, reader = RecordingProducer(), FixedReader()
+
+    async def test(target: str) -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.AnalyticsServiceStub(channel)
+
+            async def slow_stream() -> AsyncIterator[pb.RawEvent]:
+                for i in range(3):
+                    yield event(i)
+                    for _ in range(200):  # the edge must not hold the event back
+                        if producer.produced == i + 1:
+                            break
+                        await asyncio.sleep(0.01)
+                    assert producer.produced == i + 1
+
+            response = await stub.IngestEvents(slow_stream())
+        assert response.accepted == 3
+
+    with_server(producer, reader, test)
+    assert producer.deliveries == [3]
+
+
+def test_acknowledgements_are_awaited_per_delivery_group() -> None:
+    producer, reader = RecordingProducer(), FixedReader()
+
+    async def test(target: str) -> None:
+        async with PulseClient(target, batch_size=100) as client:
+            response = await client.ingest([event(i) for i in range(2 * DELIVERY_EVENTS + 300)])
+        assert response.accepted == 2 * DELIVERY_EVENTS + 300
+
+    with_server(producer, reader, test)
+    assert producer.deliveries == [DELIVERY_EVENTS, DELIVERY_EVENTS, 300]
+
+
 def test_kafka_failure_is_an_error_status_never_a_false_accept() -> None:
-    producer, reader = RecordingProducer(fail_after=100), FixedReader()
+    producer, reader = RecordingProducer(fail_after=DELIVERY_EVENTS), FixedReader()
 
     async def test(target: str) -> None:
         async with PulseClient(target, batch_size=50) as client:
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await client.ingest([event(i) for i in range(300)])
+                await client.ingest([event(i) for i in range(2500)])
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "100 of 300 valid events were acknowledged" in (info.value.details() or "")
+        details = info.value.details() or ""
+        assert f"{DELIVERY_EVENTS} of 2500 valid events were acknowledged" in details
         assert "broker down" in (info.value.details() or "")
 
     with_server(producer, reader, test)
