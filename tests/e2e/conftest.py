@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,69 +23,85 @@ def free_port() -> int:
         return port
 
 
-@dataclass(frozen=True)
 class Pipeline:
-    target: str
-    bootstrap: str
-    dsn: str
-    topics: Topics
-    logs: Path
+    """The ingest edge and the dataflow, started against the test's topics and database."""
 
+    def __init__(self, stack: Stack, dsn: str, topics: Topics, workdir: Path) -> None:
+        grpc_port = free_port()
+        self.target = f"127.0.0.1:{grpc_port}"
+        self.bootstrap = stack.kafka_bootstrap
+        self.dsn = dsn
+        self.topics = topics
+        self.workdir = workdir
+        self.env = {
+            **os.environ,
+            "PULSE_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+            "PULSE_PG_DSN": dsn,
+            "PULSE_TOPIC_RAW": topics.raw,
+            "PULSE_TOPIC_LATE": topics.late,
+            "PULSE_TOPIC_DLQ": topics.dlq,
+            "PULSE_GRPC_PORT": str(grpc_port),
+            "PULSE_METRICS_PORT": str(free_port()),
+            "PULSE_API_PORT": str(free_port()),
+            "PULSE_KAFKA_BATCH_SIZE": "500",
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.starts = 0
 
-def _wait_serving(target: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"pulse serve exited with {proc.returncode}: {log.read_text()}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    pytest.fail(f"ingest edge at {target} not SERVING after {timeout_s} s")
-
-
-@pytest.fixture
-def pipeline(stack: Stack, database: str, topics: Topics, tmp_path: Path) -> Iterator[Pipeline]:
-    grpc_port = free_port()
-    env = {
-        **os.environ,
-        "PULSE_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
-        "PULSE_PG_DSN": database,
-        "PULSE_TOPIC_RAW": topics.raw,
-        "PULSE_TOPIC_LATE": topics.late,
-        "PULSE_TOPIC_DLQ": topics.dlq,
-        "PULSE_GRPC_PORT": str(grpc_port),
-        "PULSE_METRICS_PORT": str(free_port()),
-        "PULSE_API_PORT": str(free_port()),
-        "PULSE_KAFKA_BATCH_SIZE": "500",
-    }
-    procs = []
-    for name in ("serve", "flow"):
-        with (tmp_path / f"{name}.log").open("wb") as log:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "pulse", name],
-                    env=env,
-                    stdout=log,
-                    stderr=log,
-                    cwd=tmp_path,
-                )
+    def start(self, name: str) -> None:
+        self.starts += 1
+        with (self.workdir / f"{name}-{self.starts}.log").open("wb") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "pulse", name],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                cwd=self.workdir,
             )
-    target = f"127.0.0.1:{grpc_port}"
-    try:
-        _wait_serving(target, procs[0], tmp_path / "serve.log", timeout_s=30)
-        yield Pipeline(target, stack.kafka_bootstrap, database, topics, tmp_path)
-    finally:
-        for proc in procs:
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash."""
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait()
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
             proc.send_signal(signal.SIGTERM)
-        for proc in procs:
+        for proc in self.procs.values():
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self.procs.clear()
+
+    def wait_serving(self, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        proc = self.procs["serve"]
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    logs = "\n".join(p.read_text() for p in self.workdir.glob("serve-*.log"))
+                    pytest.fail(f"pulse serve exited with {proc.returncode}: {logs}")
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        pytest.fail(f"ingest edge at {self.target} not SERVING after {timeout_s} s")
+
+
+@pytest.fixture
+def pipeline(stack: Stack, database: str, topics: Topics, tmp_path: Path) -> Iterator[Pipeline]:
+    running = Pipeline(stack, database, topics, tmp_path)
+    try:
+        running.start("serve")
+        running.start("flow")
+        running.wait_serving()
+        yield running
+    finally:
+        running.stop_all()
