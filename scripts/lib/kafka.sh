@@ -70,9 +70,14 @@ kafka_format_if_needed() {
     die "kafka: $KAFKA_LOG_DIRS has data but no meta.properties; refusing to format it (run 'stack.sh clean' to start over)"
   fi
   local cid_file="$KAFKA_DIR/cluster.id" cid
-  if [[ ! -s "$cid_file" ]]; then
-    # 16 random bytes, base64url without padding: a valid Kafka Uuid.
-    head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$cid_file"
+  if [[ ! -s "$cid_file" ]] || [[ "$(<"$cid_file")" == -* ]]; then
+    # 16 random bytes, base64url without padding: a valid Kafka Uuid. Like Kafka's own
+    # Uuid.randomUuid(), skip ids starting with '-': the storage tool reads them as options.
+    local id="-"
+    while [[ "$id" == -* ]]; do
+      id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    done
+    printf '%s' "$id" >"$cid_file"
   fi
   cid="$(<"$cid_file")"
   log "kafka: formatting storage $KAFKA_LOG_DIRS (cluster id $cid)"
