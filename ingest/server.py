@@ -62,6 +62,8 @@ async def serve(settings: IngestSettings) -> None:
     )
     pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
+    for service in ("", SERVICE_NAME):  # grpc_health starts "" as SERVING: not before Kafka answers
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
