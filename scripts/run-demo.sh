@@ -62,10 +62,12 @@ cat <<MSG
 
   Pulse is running. A demo load keeps streaming 500 events/s.
 
-  Query the aggregates:
-    psql "$PULSE_PG_DSN" -c "SELECT bucket, campaign_id, event_type, event_count, value_sum
+  Query the aggregates (in another shell, from this folder):
+    eval "\$(bash scripts/stack.sh env)"
+    psql "\$PULSE_PG_DSN" -c "SELECT bucket, campaign_id, event_type, event_count, value_sum
                               FROM event_metrics WHERE bucket > now() - interval '10 minutes'
                               ORDER BY bucket DESC, campaign_id, event_type LIMIT 20"
+  or open a psql shell with: make psql
   Metrics:   http://127.0.0.1:${PULSE_METRICS_PORT:-9464}/metrics   (ingest edge)
              http://127.0.0.1:${PULSE_API_PORT:-3030}/metrics   (dataflow)
   gRPC:      127.0.0.1:${PULSE_GRPC_PORT:-50051}   (analytics.v1.AnalyticsService, reflection on)

@@ -56,7 +56,7 @@ cmd_up() {
   kafka_start          # background; PostgreSQL starts while the JVM boots
   pg_up
   kafka_wait_ready
-  log "stack up ($(( $(now_s) - t0 ))s): PULSE_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT PULSE_PG_DSN=$PG_DSN"
+  log "stack up ($(( $(now_s) - t0 ))s): PULSE_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT PULSE_PG_DSN=postgresql://$PG_ROLE:***@127.0.0.1:$PG_PORT/$PG_DB"
 }
 
 cmd_down() {

@@ -224,7 +224,7 @@ pg_up() {
   fi
   local ext
   ext="$(pg_pulse_psql -c "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")" \
-    || die "postgres: cannot log in as $PG_ROLE at $PG_DSN"
+    || die "postgres: cannot log in as $PG_ROLE at 127.0.0.1:$PG_PORT/$PG_DB"
   [[ -n "$ext" ]] || die "postgres: timescaledb extension is not installed in database $PG_DB"
   log "postgres: ready at 127.0.0.1:$PG_PORT (database $PG_DB, timescaledb $ext)"
 }
