@@ -4,6 +4,7 @@ import asyncio
 import random
 import time
 from datetime import datetime, timedelta
+from typing import cast
 
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
@@ -54,7 +55,8 @@ def late_records(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes,
     deadline = time.monotonic() + 60
     while len(out) < expected and time.monotonic() < deadline:
         for msg in consumer.consume(100, timeout=0.5):
-            out.append((msg.value(), dict(msg.headers() or [])))
+            headers = dict(cast(list[tuple[str, bytes]], msg.headers() or []))
+            out.append((msg.value() or b"", headers))
     consumer.close()
     return out
 

@@ -22,7 +22,7 @@ def read_all(
     for _ in range(100):
         for msg in consumer.consume(1000, timeout=0.2):
             assert msg.error() is None
-            out.append((msg.partition(), msg.key(), msg.value()))
+            out.append((msg.partition() or 0, msg.key() or b"", msg.value() or b""))
         if len(out) >= expected:
             break
     consumer.close()

@@ -1,7 +1,7 @@
 """The dataflow's Kafka source against the real broker."""
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.testing import TestingSink, run_main
 from confluent_kafka import OFFSET_BEGINNING, Message, Producer
 
@@ -29,11 +29,12 @@ def fill(bootstrap: str, topic: str, n: int) -> dict[tuple[int, int], bytes]:
 def read_to_end(bootstrap: str, topic: str, batch_size: int) -> list[tuple[int, int, bytes]]:
     out: list[tuple[int, int, bytes]] = []
     flow = Dataflow("source_test")
-    msgs = op.input(
-        "in", flow, MessageKafkaSource([bootstrap], [topic], tail=False, batch_size=batch_size)
-    )
+    source = MessageKafkaSource([bootstrap], [topic], tail=False, batch_size=batch_size)
+    msgs: Stream[Message] = op.input("in", flow, source)  # type: ignore[arg-type]
     rows = op.flat_map_batch(
-        "rows", msgs, lambda batch: [(m.partition(), m.offset(), m.value()) for m in batch]
+        "rows",
+        msgs,
+        lambda batch: [(m.partition() or 0, m.offset() or 0, m.value() or b"") for m in batch],
     )
     op.output("out", rows, TestingSink(out))
     run_main(flow)
@@ -54,12 +55,12 @@ def test_resumes_after_the_snapshotted_offset(stack: Stack, topics: Topics) -> N
     )
     part_name = next(p for p in source.list_parts() if p.startswith("0-"))
     first = source.build_part("in", part_name, None)
-    batch = []
+    batch: list[Message] = []
     while not batch:
         batch = first.next_batch()
     resume = first.snapshot()
     first.close()
-    assert resume == batch[-1].offset() + 1
+    assert resume == (batch[-1].offset() or 0) + 1
 
     second = source.build_part("in", part_name, resume)
     rest: list[Message] = []

@@ -3,7 +3,6 @@
 import random
 
 import pytest
-from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from confluent_kafka import Message
 
@@ -43,7 +42,7 @@ def run_flow(
     items: list[Message], batch_size: int, workers: int = 1
 ) -> tuple[list[MetricRow], list[OutMessage]]:
     rows: list[MetricRow] = []
-    side: list[KafkaSinkMessage] = []
+    side: list[OutMessage] = []
     flow = build_flow(
         "test_flow", CONFIG, TestingSource(items, batch_size), TestingSink(rows), TestingSink(side)
     )

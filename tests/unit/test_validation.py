@@ -72,4 +72,7 @@ def test_limits_are_inclusive() -> None:
 
 def test_reason_values_match_the_wire_enum() -> None:
     for reason in Reason:
-        assert pb.RejectReason.Name(reason.value) == f"REJECT_REASON_{reason.name}"
+        assert (
+            pb.RejectReason.Name(pb.RejectReason.ValueType(reason.value))
+            == f"REJECT_REASON_{reason.name}"
+        )
