@@ -82,8 +82,9 @@ lock: ## re-pin requirements.lock from pyproject.toml in a scratch venv
 	@bash scripts/lock.sh
 
 .PHONY: clean
-clean: down ## stop the stack and delete local data (.data) and the venv
-	rm -rf .data $(VENV)
+clean: ## stop the stack and delete its data and the venv
+	bash scripts/stack.sh clean
+	rm -rf $(VENV)
 
 .PHONY: bench
 bench: install up ## benchmarks: ingest RPC shapes and dataflow throughput (prints figures)
