@@ -47,22 +47,32 @@ class LoadReport:
         )
 
 
-def generate(
+def build_batches(
     plan: LoadPlan, count: int, first_id: int, rng: random.Random
-) -> Iterator[pb.RawEvent]:
-    """`count` events with times within the last 2 s, spread over campaigns and users."""
+) -> Iterator[pb.EventBatch]:
+    """`count` events with times within the last 2 s, spread over campaigns and users.
+
+    Events are built in place in their batch (`events.add`), which is about twice as fast
+    as building each `RawEvent` and appending a copy.
+    """
     types = [name for name, weight in EVENT_MIX for _ in range(weight)]
+    draw = rng.random
     now = now_ms()
-    for i in range(first_id, first_id + count):
-        event_type = rng.choice(types)
-        yield pb.RawEvent(
-            campaign_id=f"campaign-{rng.randrange(plan.campaigns):03d}",
-            event_type=event_type,
-            timestamp=now - rng.randrange(2000),
-            event_id=f"load-{plan.seed}-{i}",
-            value=rng.randrange(1, 200) / 8 if event_type != "impression" else 0.0,
-            dimensions={"user_id": f"user-{rng.randrange(plan.users)}", "country": "NL"},
-        )
+    for start in range(first_id, first_id + count, plan.batch_size):
+        batch = pb.EventBatch()
+        add = batch.events.add
+        for i in range(start, min(start + plan.batch_size, first_id + count)):
+            event_type = types[int(draw() * len(types))]
+            event = add(
+                campaign_id=f"campaign-{int(draw() * plan.campaigns):03d}",
+                event_type=event_type,
+                timestamp=now - int(draw() * 2000),
+                event_id=f"load-{plan.seed}-{i}",
+                value=int(draw() * 200) / 8 if event_type != "impression" else 0.0,
+            )
+            event.dimensions["user_id"] = f"user-{int(draw() * plan.users)}"
+            event.dimensions["country"] = "NL"
+        yield batch
 
 
 async def run_load(target: str, plan: LoadPlan, progress: bool = True) -> LoadReport:
@@ -79,7 +89,7 @@ async def run_load(target: str, plan: LoadPlan, progress: bool = True) -> LoadRe
             count = (
                 plan.events_per_call if unlimited else min(plan.events_per_call, plan.events - sent)
             )
-            response = await client.ingest(generate(plan, count, sent, rng))
+            response = await client.ingest_batches(build_batches(plan, count, sent, rng))
             sent += count
             accepted += response.accepted
             rejected += response.dropped
