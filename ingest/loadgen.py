@@ -22,6 +22,7 @@ class LoadPlan:
 
     events: int
     campaigns: int = 20
+    campaign_prefix: str = "campaign"
     users: int = 10_000
     batch_size: int = 500
     events_per_call: int = 50_000
@@ -64,7 +65,7 @@ def build_batches(
         for i in range(start, min(start + plan.batch_size, first_id + count)):
             event_type = types[int(draw() * len(types))]
             event = add(
-                campaign_id=f"campaign-{int(draw() * plan.campaigns):03d}",
+                campaign_id=f"{plan.campaign_prefix}-{int(draw() * plan.campaigns):03d}",
                 event_type=event_type,
                 timestamp=now - int(draw() * 2000),
                 event_id=f"load-{plan.seed}-{i}",

@@ -48,6 +48,7 @@ def _load(args: argparse.Namespace) -> None:
     plan = LoadPlan(
         events=args.events,
         campaigns=args.campaigns,
+        campaign_prefix=args.campaign_prefix,
         batch_size=args.batch_size,
         rate=args.rate,
         seed=args.seed,
@@ -93,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "-n", "--events", type=int, default=100_000, help="events to send; 0 = forever"
     )
-    load.add_argument("--campaigns", type=int, default=20)
+    load.add_argument("--campaigns", type=int, default=20, help="distinct campaign ids")
+    load.add_argument(
+        "--campaign-prefix", default="campaign", help="campaign ids are PREFIX-000..."
+    )
     load.add_argument("--batch-size", type=int, default=500, help="events per gRPC message")
     load.add_argument("--rate", type=float, default=0.0, help="events/s; 0 = as fast as possible")
     load.add_argument("--seed", type=int, default=1)

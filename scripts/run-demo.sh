@@ -40,19 +40,20 @@ pids+=($!)
 pids+=($!)
 "$BIN/pulse" health --wait 30 || { tail -n 20 "$LOGS/serve.log"; exit 1; }
 
+burst="demo-$(date +%s)"
 counted() {
-  psql "$PULSE_PG_DSN" -Atc "SELECT coalesce(sum(event_count), 0) FROM event_metrics"
+  psql "$PULSE_PG_DSN" -Atc \
+    "SELECT coalesce(sum(event_count), 0) FROM event_metrics WHERE campaign_id LIKE '$burst-%'"
 }
-before=$(counted)
-say "streaming a first burst of 50,000 events through the gRPC edge"
-"$BIN/pulse" load --events 50000 --campaigns 20 --seed "$RANDOM"
+say "streaming a first burst of 50,000 events through the gRPC edge (campaigns $burst-*)"
+"$BIN/pulse" load --events 50000 --campaigns 20 --campaign-prefix "$burst"
 started=$EPOCHREALTIME
 for _ in $(seq 120); do
-  now_counted=$(counted)
-  [ $((now_counted - before)) -ge 50000 ] && break
+  n=$(counted)
+  [ "$n" -ge 50000 ] && break
   sleep 0.25
 done
-say "$((now_counted - before)) of those events are aggregated in TimescaleDB" \
+say "$n of those 50,000 events are aggregated in TimescaleDB" \
     "($(awk "BEGIN { printf \"%.1f\", $EPOCHREALTIME - $started }") s after the last one was acknowledged)"
 
 "$BIN/pulse" load --events 0 --rate 500 --seed "$RANDOM" --quiet >"$LOGS/load.log" 2>&1 &
