@@ -126,6 +126,8 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                         close_delivery()
                 while inflight_events > MAX_INFLIGHT_EVENTS:
                     await settle()
+                if failures:
+                    break  # Kafka is failing: stop taking events, report what was acknowledged
         finally:
             close_delivery()
             while inflight:
