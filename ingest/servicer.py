@@ -10,7 +10,7 @@ import grpc
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
-from pulse.errors import KafkaDeliveryError, QueryError
+from pulse.errors import KafkaDeliveryError, QueryError, SinkError
 from pulse.query import MetricPointRow, MetricsQuery
 from pulse.validation import Limits, check_event
 
@@ -178,12 +178,17 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             )
         except QueryError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        async for row in self._reader.query(query):
-            yield pb.MetricPoint(
-                campaign_id=row.campaign_id,
-                event_type=row.event_type,
-                bucket_start_ms=row.bucket_start_ms,
-                event_count=row.event_count,
-                value_sum=row.value_sum,
-                resolution=pb.Resolution.ValueType(query.resolution),
-            )
+        resolution = pb.Resolution.ValueType(query.resolution)
+        try:
+            async for row in self._reader.query(query):
+                yield pb.MetricPoint(
+                    campaign_id=row.campaign_id,
+                    event_type=row.event_type,
+                    bucket_start_ms=row.bucket_start_ms,
+                    event_count=row.event_count,
+                    value_sum=row.value_sum,
+                    resolution=resolution,
+                )
+        except SinkError as exc:
+            log.warning("QueryMetrics from %s failed: %s", context.peer(), exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the metrics store is unavailable")

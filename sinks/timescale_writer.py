@@ -54,6 +54,8 @@ class _Partition(StatelessSinkPartition[MetricRow]):
 
     def write_batch(self, items: list[MetricRow]) -> None:
         rows = latest_rows(items)
+        if not rows:
+            return
         params = (
             [ms_to_datetime(r.bucket_start_ms) for r in rows],
             [r.campaign_id for r in rows],

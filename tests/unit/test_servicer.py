@@ -16,7 +16,7 @@ from ingest.servicer import (
 )
 from protos.analytics.v1 import analytics_pb2 as pb
 from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
-from pulse.errors import KafkaDeliveryError
+from pulse.errors import KafkaDeliveryError, SinkError
 from pulse.query import MetricPointRow, MetricsQuery
 from pulse.validation import Limits
 
@@ -60,11 +60,14 @@ class RecordingProducer(EventProducer):
 
 
 class FixedReader(MetricsReader):
-    def __init__(self) -> None:
+    def __init__(self, fail: bool = False) -> None:
         self.queries: list[MetricsQuery] = []
+        self.fail = fail
 
     async def query(self, query: MetricsQuery) -> AsyncIterator[MetricPointRow]:
         self.queries.append(query)
+        if self.fail:
+            raise SinkError("metrics query failed: connection refused (password=secret)")
         for i in range(3):
             yield MetricPointRow(
                 query.campaign_id, "click", query.start_ms + i * 60_000, i + 1, 0.5
@@ -230,3 +233,18 @@ def test_query_metrics_streams_points_and_refuses_bad_ranges() -> None:
 
     with_server(producer, reader, test)
     assert reader.queries[0].event_type is None
+
+
+def test_a_failing_metrics_store_is_unavailable_without_leaking_details() -> None:
+    producer, reader = RecordingProducer(), FixedReader(fail=True)
+
+    async def test(target: str) -> None:
+        async with PulseClient(target) as client:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.query(
+                    pb.MetricsRequest(campaign_id="c1", start_ms=NOW, end_ms=NOW + 1)
+                )
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert info.value.details() == "the metrics store is unavailable"
+
+    with_server(producer, reader, test)
