@@ -95,13 +95,6 @@ class CampaignWindows:
         return state
 
     @property
-    def watermark_ms(self) -> int | None:
-        """Event time up to which windows are complete, or None before any event."""
-        if self._max_event_ms is None:
-            return None
-        return self._max_event_ms - self._lateness_ms
-
-    @property
     def open_window_count(self) -> int:
         return len(self._open)
 

@@ -40,14 +40,6 @@ class TimescaleMetricsReader:
     async def close(self) -> None:
         await self._pool.close()
 
-    async def ping(self, timeout_s: float = 2.0) -> bool:
-        try:
-            async with self._pool.connection(timeout=timeout_s) as conn:
-                await conn.execute("SELECT 1")
-        except (psycopg.Error, TimeoutError):
-            return False
-        return True
-
     async def query(self, query: MetricsQuery) -> AsyncIterator[MetricPointRow]:
         statement = sql.SQL(_QUERY).format(relation=sql.Identifier(_RELATIONS[query.resolution]))
         params = {

@@ -134,3 +134,11 @@ def test_undecodable_records_go_to_the_dead_letter_topic_and_the_flow_goes_on() 
     assert dead[1].value is None
     assert dead[2].value == empty_ids
     assert b"empty" in dict(dead[2].headers)["pulse.error"]
+
+
+def test_the_deployable_flow_builds_from_settings_alone() -> None:
+    """`python -m bytewax.run "flows.main:get_flow()"` needs nothing but the environment."""
+    from flows.main import get_flow
+
+    flow = get_flow()
+    assert flow.flow_id == "pulse_aggregate"
