@@ -11,6 +11,9 @@ from google.protobuf.message import DecodeError
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.aggregation import Event, EventChunk, LateEvent
+from pulse.validation import Limits, check_fields
+
+DEFAULT_LIMITS = Limits()
 
 OutMessage = KafkaSinkMessage[bytes | None, bytes | None]
 
@@ -33,8 +36,14 @@ def _dead(msg: Message, error: str) -> DeadLetter:
     )
 
 
-def decode_batch(items: list[Message]) -> list[tuple[str, EventChunk] | DeadLetter]:
-    """Group one input batch into per-campaign chunks (keyed), keeping offset order."""
+def decode_batch(
+    items: list[Message], limits: Limits = DEFAULT_LIMITS
+) -> list[tuple[str, EventChunk] | DeadLetter]:
+    """Group one input batch into per-campaign chunks (keyed), keeping offset order.
+
+    Records that are not valid `RawEvent`s (by the clock-free rules of the edge) become
+    dead letters: one bad record must never stop the flow or reach the database.
+    """
     chunks: dict[str, list[Event]] = {}
     out: list[tuple[str, EventChunk] | DeadLetter] = []
     parse = pb.RawEvent.FromString
@@ -52,8 +61,9 @@ def decode_batch(items: list[Message]) -> list[tuple[str, EventChunk] | DeadLett
         except DecodeError as exc:
             out.append(_dead(item, f"not an analytics.v1.RawEvent: {exc}"))
             continue
-        if not event.campaign_id or not event.event_type:
-            out.append(_dead(item, "campaign_id or event_type is empty"))
+        problem = check_fields(event, limits)
+        if problem is not None:
+            out.append(_dead(item, f"invalid event: {problem[1]}"))
             continue
         events = chunks.get(event.campaign_id)
         if events is None:

@@ -151,9 +151,9 @@ class KafkaEventProducer:
         return topic is not None and topic.error is None
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Flush outstanding records, then stop the poll thread."""
+        """Stop the poll thread, then flush outstanding records (callbacks on one thread)."""
+        self._stop.set()
+        self._poller.join()
         remaining = self.raw_producer.flush(timeout_s)
         if remaining:
             log.warning("closing producer with %d unacknowledged records", remaining)
-        self._stop.set()
-        self._poller.join(timeout=2)

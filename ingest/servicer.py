@@ -10,9 +10,9 @@ import grpc
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
-from pulse.errors import KafkaDeliveryError, QueryError, SinkError
+from pulse.errors import KafkaDeliveryError, PulseError, QueryError, SinkError
 from pulse.query import MetricPointRow, MetricsQuery
-from pulse.validation import Limits, check_event
+from pulse.validation import Limits, Reason, check_event
 
 from . import metrics
 
@@ -23,6 +23,13 @@ Context = grpc.aio.ServicerContext[Any, Any]
 MAX_LISTED_REJECTIONS = 1000
 DELIVERY_EVENTS = 1000  # events whose Kafka acknowledgements are awaited together
 MAX_INFLIGHT_EVENTS = 20_000  # events awaiting Kafka acknowledgement per call (backpressure)
+
+
+class _BatchTooLargeError(PulseError):
+    """An EventBatch over the size limit (ends the call with INVALID_ARGUMENT)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"batch of {size} events exceeds the limit of {limit}")
 
 
 class Delivery(Protocol):
@@ -75,11 +82,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         async def batches() -> AsyncIterator[Sequence[pb.RawEvent]]:
             async for batch in request_iterator:
                 if len(batch.events) > self._max_batch_events:
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"batch of {len(batch.events)} events exceeds the limit of "
-                        f"{self._max_batch_events}",
-                    )
+                    raise _BatchTooLargeError(len(batch.events), self._max_batch_events)
                 yield batch.events
 
         return await self._ingest(batches(), context)
@@ -95,8 +98,9 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         delivery: Delivery | None = None
 
         def close_delivery() -> None:
+            # Also an empty group: it may hold an error from a record Kafka refused.
             nonlocal delivery, inflight_events
-            if delivery is not None and delivery.size:
+            if delivery is not None:
                 inflight.append((asyncio.ensure_future(delivery.acknowledged()), delivery.size))
                 inflight_events += delivery.size
             delivery = None
@@ -114,6 +118,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 metrics.DELIVERY_FAILURES.inc()
                 failures.append(str(exc))
 
+        too_large: _BatchTooLargeError | None = None
         try:
             async for events in batches:
                 records = self._validate(events, index, response)
@@ -128,10 +133,17 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     await settle()
                 if failures:
                     break  # Kafka is failing: stop taking events, report what was acknowledged
+        except _BatchTooLargeError as exc:
+            too_large = exc
         finally:
             close_delivery()
             while inflight:
                 await settle()
+        if too_large is not None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{too_large}; the {response.accepted} events before it were accepted",
+            )
         if failures:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
@@ -147,11 +159,19 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         now = self._clock_ms()
         limits = self._limits
         records: list[tuple[bytes, bytes]] = []
+        max_bytes = limits.max_event_bytes
         for offset, event in enumerate(events):
             problem = check_event(event, now, limits)
             if problem is None:
-                records.append((event.campaign_id.encode(), event.SerializeToString()))
-                continue
+                value = event.SerializeToString()
+                if len(value) <= max_bytes:
+                    records.append((event.campaign_id.encode(), value))
+                    continue
+                problem = (
+                    Reason.FIELD_TOO_LONG,
+                    f"event is {len(value)} bytes serialized, limit {max_bytes} "
+                    "(unknown fields count too)",
+                )
             reason, detail = problem
             response.dropped += 1
             metrics.EVENTS_REJECTED.labels(reason.name.lower()).inc()

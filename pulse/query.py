@@ -22,6 +22,8 @@ MAX_RANGE_MS = {
     Resolution.DAY: 10 * 366 * DAY_MS,
 }
 MAX_ID_CHARS = 128
+MIN_TIME_MS = 0  # 1970-01-01, as for event timestamps
+MAX_TIME_MS = 253_402_300_800_000  # 10000-01-01, exclusive end
 _BUCKET_MS = {Resolution.MINUTE: 0, Resolution.HOUR: 3_600_000, Resolution.DAY: DAY_MS}
 
 
@@ -44,6 +46,8 @@ class MetricsQuery:
             raise QueryError(f"campaign_id must have 1..{MAX_ID_CHARS} characters")
         if len(event_type) > MAX_ID_CHARS:
             raise QueryError(f"event_type must have at most {MAX_ID_CHARS} characters")
+        if not (start_ms >= MIN_TIME_MS and end_ms <= MAX_TIME_MS):
+            raise QueryError(f"start_ms and end_ms must lie within {MIN_TIME_MS}..{MAX_TIME_MS}")
         if end_ms <= start_ms:
             raise QueryError(f"end_ms ({end_ms}) must be after start_ms ({start_ms})")
         try:

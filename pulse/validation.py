@@ -51,6 +51,8 @@ class Limits:
     max_dimension_value_chars: int = 256
     max_age_ms: int = 7 * 86_400_000
     max_future_skew_ms: int = 5 * 60_000
+    # Serialized size, unknown fields included; the largest valid event is about 42 KB.
+    max_event_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +79,37 @@ def _check_id(name: str, text: str, max_chars: int) -> tuple[Reason, str] | None
     return None
 
 
-def check_event(event: EventLike, now_ms: int, limits: Limits) -> tuple[Reason, str] | None:
-    """Return `(reason, detail)` for an invalid event, or None when it is valid."""
+# Event times must fit a PostgreSQL timestamptz and a Python datetime: years 1970..9999.
+MIN_TIMESTAMP_MS = 0
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+
+
+def check_fields(event: EventLike, limits: Limits) -> tuple[Reason, str] | None:
+    """The rules that need no clock: ids, value and timestamp range.
+
+    The dataflow applies these to records read from Kafka, so its decisions are the same
+    on every replay; the edge applies them as part of `check_event`.
+    """
     problem = (
         _check_id("campaign_id", event.campaign_id, limits.max_id_chars)
         or _check_id("event_type", event.event_type, limits.max_event_type_chars)
         or _check_id("event_id", event.event_id, limits.max_id_chars)
     )
+    if problem:
+        return problem
+    ts = event.timestamp
+    if ts < MIN_TIMESTAMP_MS:
+        return Reason.TIMESTAMP_TOO_OLD, f"timestamp {ts} is before 1970"
+    if ts > MAX_TIMESTAMP_MS:
+        return Reason.TIMESTAMP_IN_FUTURE, f"timestamp {ts} is after the year 9999"
+    if not math.isfinite(event.value):
+        return Reason.INVALID_VALUE, f"value {event.value} is not a finite number"
+    return None
+
+
+def check_event(event: EventLike, now_ms: int, limits: Limits) -> tuple[Reason, str] | None:
+    """Return `(reason, detail)` for an invalid event, or None when it is valid."""
+    problem = check_fields(event, limits)
     if problem:
         return problem
     ts = event.timestamp
@@ -97,8 +123,6 @@ def check_event(event: EventLike, now_ms: int, limits: Limits) -> tuple[Reason, 
             Reason.TIMESTAMP_IN_FUTURE,
             f"timestamp {ts} is more than {limits.max_future_skew_ms // 1000} s ahead of now",
         )
-    if not math.isfinite(event.value):
-        return Reason.INVALID_VALUE, f"value {event.value} is not a finite number"
     dims = event.dimensions
     if len(dims) > limits.max_dimensions:
         return (

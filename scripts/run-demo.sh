@@ -20,6 +20,7 @@ eval "$(bash scripts/stack.sh env)"
 mkdir -p "$LOGS" "$RUN_DIR"
 pids=()
 cleanup() {
+  local rc=$?
   trap - INT TERM EXIT
   say "stopping the ingest edge, the dataflow and the load"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -30,9 +31,10 @@ cleanup() {
   else
     say "the local stack was already running and stays up ('make down' stops it)"
   fi
-  exit 0
+  exit "$rc"
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'exit 0' INT TERM  # Ctrl-C is the normal way to stop: a clean exit
 
 (cd "$RUN_DIR" && exec "$BIN/pulse" serve) >"$LOGS/serve.log" 2>&1 &
 pids+=($!)
@@ -76,4 +78,11 @@ cat <<MSG
 
   Press Ctrl-C to stop.
 MSG
-wait "${pids[0]}"
+# Run until Ctrl-C (which reaches the processes too), or until the edge or the dataflow dies.
+status=0
+wait -n "${pids[0]}" "${pids[1]}" || status=$?
+case $status in
+  0 | 130 | 143) exit 0 ;;  # stopped by Ctrl-C / SIGTERM
+  *) say "a Pulse process failed (exit $status); see $LOGS/serve.log and $LOGS/flow.log"
+     exit 1 ;;
+esac

@@ -28,9 +28,9 @@ def migrate(dsn: str) -> list[str]:
     applied: list[str] = []
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
             conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_ID,))
             try:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
                 conn.execute(
                     "CREATE TABLE IF NOT EXISTS schema_migrations ("
                     " version integer PRIMARY KEY, name text NOT NULL,"

@@ -142,3 +142,34 @@ def test_the_deployable_flow_builds_from_settings_alone() -> None:
 
     flow = get_flow()
     assert flow.flow_id == "pulse_aggregate"
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"campaign_id": "c\x00x"}, b"control characters"),
+        ({"event_type": "click\n"}, b"control characters"),
+        ({"timestamp": 10**17}, b"after the year 9999"),
+        ({"timestamp": -1}, b"before 1970"),
+        ({"value": float("nan")}, b"not a finite number"),
+        ({"event_id": ""}, b"event_id is empty"),
+        ({"campaign_id": "c" * 129}, b"129 characters"),
+    ],
+)
+def test_records_the_edge_would_refuse_are_dead_lettered(
+    fields: dict[str, object], error: bytes
+) -> None:
+    good = ("c1", "view", T0 + 1, 0.5)
+    base: dict[str, object] = {
+        "campaign_id": "c1",
+        "event_type": "view",
+        "timestamp": T0 + 2,
+        "event_id": "bad",
+    }
+    raw = pb.RawEvent(**{**base, **fields}).SerializeToString()  # type: ignore[arg-type]
+    items = [record(0, *good), garbage(1, raw), record(2, "c1", "view", T0 + 3, 0.5)]
+    rows, side = run_flow(items, batch_size=3)
+    assert table(rows) == reference([good, ("c1", "view", T0 + 3, 0.5)])
+    assert [m.topic for m in side] == ["events.dlq"]
+    assert side[0].value == raw
+    assert error in dict(side[0].headers)["pulse.error"]

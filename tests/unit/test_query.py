@@ -32,6 +32,8 @@ def test_hour_and_day_queries_widen_to_whole_buckets() -> None:
         (("c", "", 5, 5, 1), "must be after"),
         (("c", "", 0, 32 * DAY, 1), "range too wide for MINUTE"),
         (("c", "", 0, 1, 9), "unknown resolution 9"),
+        (("c", "", 300_000_000_000_000, 300_000_000_000_001, 1), "must lie within"),
+        (("c", "", -5, 1, 1), "must lie within"),
     ],
 )
 def test_bad_queries_are_refused(args: tuple[str, str, int, int, int], message: str) -> None:

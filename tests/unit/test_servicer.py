@@ -35,11 +35,15 @@ class RecordingDelivery(Delivery):
         return len(self.records)
 
     async def add(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        if self.producer.refuse:
+            return  # like a record Kafka refuses at produce(): nothing is queued
         self.records.extend(records)
         self.producer.produced += len(records)
 
     async def acknowledged(self) -> float:
         await asyncio.sleep(0)
+        if self.producer.refuse:
+            raise KafkaDeliveryError("Kafka refused a record")
         budget = self.producer.fail_after
         if budget is not None and len(self.producer.records) + self.size > budget:
             raise KafkaDeliveryError("broker down")
@@ -49,7 +53,8 @@ class RecordingDelivery(Delivery):
 
 
 class RecordingProducer(EventProducer):
-    def __init__(self, fail_after: int | None = None) -> None:
+    def __init__(self, fail_after: int | None = None, refuse: bool = False) -> None:
+        self.refuse = refuse
         self.records: list[tuple[bytes, bytes]] = []
         self.deliveries: list[int] = []
         self.produced = 0  # handed to Kafka, acknowledged or not
@@ -198,18 +203,54 @@ def test_kafka_failure_is_an_error_status_never_a_false_accept() -> None:
     with_server(producer, reader, test)
 
 
-def test_oversized_batch_is_refused() -> None:
+def test_oversized_batch_is_refused_saying_what_was_accepted_before_it() -> None:
     producer, reader = RecordingProducer(), FixedReader()
 
     async def test(target: str) -> None:
-        async with PulseClient(target, batch_size=101) as client:
+        async with PulseClient(target) as client:
+            batches = [
+                pb.EventBatch(events=[event(i) for i in range(60)]),
+                pb.EventBatch(events=[event(i) for i in range(101)]),
+                pb.EventBatch(events=[event(i) for i in range(5)]),
+            ]
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await client.ingest([event(i) for i in range(101)])
+                await client.ingest_batches(batches)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "exceeds the limit of 100" in (info.value.details() or "")
+        assert info.value.details() == (
+            "batch of 101 events exceeds the limit of 100; the 60 events before it were accepted"
+        )
 
     with_server(producer, reader, test)
-    assert producer.records == []
+    assert len(producer.records) == 60
+
+
+def test_a_record_kafka_refuses_fails_the_call_even_as_the_first_of_its_group() -> None:
+    producer, reader = RecordingProducer(refuse=True), FixedReader()
+
+    async def test(target: str) -> None:
+        async with PulseClient(target) as client:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.ingest([event(i) for i in range(5)])
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "0 of 5 valid events were acknowledged" in (info.value.details() or "")
+
+    with_server(producer, reader, test)
+
+
+def test_an_event_too_large_to_produce_is_rejected() -> None:
+    producer, reader = RecordingProducer(), FixedReader()
+    big = event(1)
+    big.MergeFromString(b"\xfa\x07" + bytes([0x80, 0x80, 0x05]) + b"x" * 81_920)  # field 127
+
+    async def test(target: str) -> None:
+        async with PulseClient(target) as client:
+            response = await client.ingest([event(0), big, event(2)])
+        assert (response.accepted, response.dropped) == (2, 1)
+        rejection = response.rejections[0]
+        assert (rejection.index, rejection.reason) == (1, pb.REJECT_REASON_FIELD_TOO_LONG)
+        assert "bytes serialized, limit 65536" in rejection.detail
+
+    with_server(producer, reader, test)
 
 
 def test_query_metrics_streams_points_and_refuses_bad_ranges() -> None:
