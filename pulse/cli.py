@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import logging
 import sys
 
 from pulse import settings as settings_mod
@@ -24,6 +25,11 @@ def _flow(_args: argparse.Namespace) -> None:
 
     s = settings_mod.load(settings_mod.FlowSettings)
     configure(s.log_level)
+    if s.starting_offset == "end":
+        logging.getLogger("pulse.flow").warning(
+            "PULSE_STARTING_OFFSET=end: without a recovery store, events produced while the "
+            "dataflow is down are never counted"
+        )
     enable_api(s)
     cli_main(flow_from_settings(s), workers_per_process=s.workers)  # type: ignore[no-untyped-call]
 
