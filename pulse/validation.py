@@ -55,26 +55,12 @@ class Limits:
     max_event_bytes: int = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """One rejected event: where it was in the call, and why."""
-
-    index: int
-    event_id: str
-    reason: Reason
-    detail: str
-
-
-def _has_control_chars(text: str) -> bool:
-    return not text.isprintable()
-
-
 def _check_id(name: str, text: str, max_chars: int) -> tuple[Reason, str] | None:
     if not text or text.isspace():
         return Reason.MISSING_FIELD, f"{name} is empty"
     if len(text) > max_chars:
         return Reason.FIELD_TOO_LONG, f"{name} has {len(text)} characters, limit {max_chars}"
-    if _has_control_chars(text):
+    if not text.isprintable():
         return Reason.INVALID_CHARACTERS, f"{name} contains control characters"
     return None
 
