@@ -1,15 +1,21 @@
-"""The aggregation dataflow: Kafka records -> per-campaign windows -> sinks.
+"""The aggregation dataflow: Kafka records -> pre-aggregated chunks -> window state -> sinks.
 
-    input -> decode_batch -> [dead letters] -------------------------> dead-letter sink
-                          -> keyed chunks -> windows -> rows --------> metrics sink
-                                                      -> late events -> dead-letter sink
+    input -> decode (parse, validate, pre-aggregate per batch) -> dead letters -> side sink
+                 |
+                 v  keyed by Kafka partition
+             windows (watermarks, open windows, rollups, alert rules)
+                 |-> rows, rollups, late events, alerts -> TimescaleDB sink
+                 |-> late events ---------------------------> side sink (events.late)
+                 '-> alerts ---------------------------------> notification sink
 
-Sources and sinks are parameters, so tests run the same flow on `TestingSource`.
+The window state is keyed by source partition: the partition's records arrive in
+offset order, and its heartbeats reach every campaign in it. Sources and sinks are
+parameters, so tests run the same flow on `TestingSource` and `TestingSink`.
 """
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -18,23 +24,18 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 from confluent_kafka import Message
 
-from pulse.aggregation import (
-    CampaignSnapshot,
-    CampaignWindows,
-    EventChunk,
-    LateEvent,
-    MetricRow,
-)
+from pulse.aggregation import LateEvent
+from pulse.alerts.engine import AlertEngine
+from pulse.alerts.model import AlertEvent
+from pulse.alerts.rules import Rule
+from pulse.preagg import PartitionChunk
+from pulse.windowing import PartitionSnapshot, PartitionWindows
 from pulse.windows import TumblingWindows
+from sinks.kafka_outputs import SideRecord
+from sinks.timescale_writer import StoreItem
 
 from . import metrics
-from .records import (
-    DeadLetter,
-    OutMessage,
-    dead_letter_message,
-    decode_batch,
-    late_message,
-)
+from .records import Decoder, late_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,74 +44,104 @@ class FlowConfig:
 
     window_ms: int
     lateness_ms: int
+    idle_ms: int
     source_topic: str
     late_topic: str
     dlq_topic: str
+    rules: tuple[Rule, ...] = ()
 
 
-class _WindowLogic(StatefulBatchLogic[EventChunk, MetricRow | LateEvent, CampaignSnapshot]):
-    """Bytewax shell around the pure `CampaignWindows` state of one campaign."""
+class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSnapshot]):
+    """Bytewax shell around the pure `PartitionWindows` of one source partition."""
 
-    def __init__(self, config: FlowConfig, resume: CampaignSnapshot | None) -> None:
-        self._windows = TumblingWindows(config.window_ms)
-        self._lateness_ms = config.lateness_ms
-        self._state: CampaignWindows | None = (
-            None
-            if resume is None
-            else CampaignWindows.restore(resume, self._windows, self._lateness_ms)
-        )
+    def __init__(self, config: FlowConfig, resume: PartitionSnapshot | None) -> None:
+        self._config = config
+        self._state: PartitionWindows | None = None
+        if resume is not None:
+            self._state = PartitionWindows.restore(
+                resume, config.window_ms, config.lateness_ms, config.idle_ms, self._alerts
+            )
 
-    def on_batch(self, values: list[EventChunk]) -> tuple[Iterable[MetricRow | LateEvent], bool]:
+    def _alerts(self, saved: Any) -> AlertEngine | None:
+        config = self._config
+        if not config.rules:
+            return None
+        if saved is None:
+            return AlertEngine(config.rules, config.window_ms)
+        return AlertEngine.restore(saved, config.rules, config.window_ms)
+
+    def on_batch(self, values: list[PartitionChunk]) -> tuple[Iterable[StoreItem], bool]:
+        config = self._config
         if self._state is None:
-            self._state = CampaignWindows(values[0].campaign_id, self._windows, self._lateness_ms)
-        events = values[0].events if len(values) == 1 else [e for v in values for e in v.events]
-        rows, late = self._state.add(events)
-        metrics.EVENTS_PROCESSED.inc(len(events) - len(late))
-        if late:
-            metrics.LATE_EVENTS.inc(len(late))
-        out: list[MetricRow | LateEvent] = [*rows, *late]
+            self._state = PartitionWindows(
+                values[0].partition,
+                config.window_ms,
+                config.lateness_ms,
+                config.idle_ms,
+                self._alerts(None),
+            )
+        out: list[StoreItem] = []
+        for chunk in values:
+            step = self._state.apply(chunk)
+            out += step.rows
+            out += step.rollups
+            out += step.late
+            out += step.alerts
+            metrics.EVENTS_PROCESSED.inc(step.counted)
+            metrics.LATE_EVENTS.inc(len(step.late))
+            metrics.WINDOWS_CLOSED.inc(step.closed)
+            for alert in step.alerts:
+                metrics.ALERTS.labels(alert.rule, alert.state.value).inc()
         return out, StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> CampaignSnapshot:
-        assert self._state is not None  # snapshot follows at least one batch
+    def snapshot(self) -> PartitionSnapshot:
+        assert self._state is not None  # a snapshot follows at least one batch
         return self._state.snapshot()
 
 
-def _is_dead(item: tuple[str, EventChunk] | DeadLetter) -> TypeGuard[DeadLetter]:
-    return isinstance(item, DeadLetter)
+def _is_dead(item: tuple[str, PartitionChunk] | SideRecord) -> TypeGuard[SideRecord]:
+    return isinstance(item, SideRecord)
 
 
-def _is_row(item: MetricRow | LateEvent) -> TypeGuard[MetricRow]:
-    return isinstance(item, MetricRow)
+def _is_late(item: StoreItem) -> TypeGuard[LateEvent]:
+    return isinstance(item, LateEvent)
+
+
+def _is_alert(item: StoreItem) -> TypeGuard[AlertEvent]:
+    return isinstance(item, AlertEvent)
 
 
 def build_flow(
     flow_id: str,
     config: FlowConfig,
     source: Source[Message],
-    metrics_sink: Sink[MetricRow],
-    kafka_sink: Sink[OutMessage],
+    *,
+    store_sink: Sink[StoreItem],
+    side_sink: Sink[SideRecord],
+    notification_sink: Sink[AlertEvent],
 ) -> Dataflow:
     """Wire the aggregation dataflow between the given source and sinks."""
     TumblingWindows(config.window_ms)  # validates the length before anything runs
+    decoder = Decoder(config.window_ms, config.lateness_ms, config.idle_ms, config.dlq_topic)
     flow = Dataflow(flow_id)
     records = op.input("kafka_in", flow, source)
-    decoded = op.flat_map_batch("decode", records, decode_batch)
+    decoded = op.flat_map_batch("decode", records, decoder)
     split = op.branch("split_dead", decoded, _is_dead)
-    dead = split.trues
-    chunks: op.KeyedStream[EventChunk] = split.falses  # type: ignore[assignment]
+    dead = op.inspect("count_dead", split.trues, lambda _s, _d: metrics.DEAD_LETTERS.inc())
+    chunks: op.KeyedStream[PartitionChunk] = split.falses  # type: ignore[assignment]
 
-    windowed = op.stateful_batch("windows", chunks, lambda resume: _WindowLogic(config, resume))
+    windowed = op.stateful_batch("windows", chunks, lambda resume: _PartitionLogic(config, resume))
     results = op.map("drop_key", windowed, lambda kv: kv[1])
-    by_kind = op.branch("split_late", results, _is_row)
-    op.output("timescale_out", by_kind.trues, metrics_sink)
+    op.output("timescale_out", results, store_sink)
 
-    def to_late_message(item: MetricRow | LateEvent) -> OutMessage:
-        assert isinstance(item, LateEvent)
-        return late_message(item, config.late_topic, config.source_topic)
-
-    late_out = op.map("late_to_kafka", by_kind.falses, to_late_message)
-    dead_out = op.map("dead_to_kafka", dead, lambda d: dead_letter_message(d, config.dlq_topic))
-    counted_dead = op.inspect("count_dead", dead_out, lambda _step, _m: metrics.DEAD_LETTERS.inc())
-    op.output("kafka_out", op.merge("side_outputs", late_out, counted_dead), kafka_sink)
+    late = op.filter_map(
+        "late_to_kafka",
+        results,
+        lambda item: (
+            late_record(item, config.late_topic, config.source_topic) if _is_late(item) else None
+        ),
+    )
+    op.output("side_out", op.merge("side_records", late, dead), side_sink)
+    alerts = op.filter_map("alerts", results, lambda item: item if _is_alert(item) else None)
+    op.output("notifications_out", alerts, notification_sink)
     return flow

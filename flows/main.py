@@ -1,22 +1,36 @@
-"""Composition root of the dataflow worker: settings -> Kafka source, sinks -> flow.
+"""Composition root of the dataflow worker: settings -> Kafka source, sinks, rules -> flow.
 
 Run with `pulse flow`, or as a Bytewax cluster:
-`python -m bytewax.run "flows.main:get_flow()" -w 1 -i 0 -a "host0:2101;host1:2101"`.
+`python -m bytewax.run "flows.main:get_flow()" -w 1 -i 0 -a "host0:2101;host1:2101"`
+(with `-r DIR -s SECONDS -b SECONDS` for recovery).
 """
 
+import logging
 import os
+from datetime import timedelta
+from pathlib import Path
 
-from bytewax.connectors.kafka import KafkaSink
 from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from pulse import settings as settings_mod
+from pulse.alerts.rules import Rule, load_rules
+from pulse.errors import ConfigError
 from pulse.settings import FlowSettings
-from sinks.timescale_writer import TimescaleMetricsSink
+from sinks.kafka_outputs import NotificationSink, SideOutputSink
+from sinks.timescale_writer import TimescaleSink
 
 from . import metrics
 from .aggregate import FlowConfig, build_flow
 from .kafka_source import MessageKafkaSource
+
+log = logging.getLogger(__name__)
+
+
+def _rules(s: FlowSettings) -> tuple[Rule, ...]:
+    return load_rules(s.alert_rules, s.window_seconds * 1000) if s.alert_rules else ()
 
 
 def flow_from_settings(s: FlowSettings) -> Dataflow:
@@ -31,17 +45,27 @@ def flow_from_settings(s: FlowSettings) -> Dataflow:
     config = FlowConfig(
         window_ms=s.window_seconds * 1000,
         lateness_ms=s.allowed_lateness_seconds * 1000,
+        idle_ms=s.idle_timeout_seconds * 1000,
         source_topic=s.topic_raw,
         late_topic=s.topic_late,
         dlq_topic=s.topic_dlq,
+        rules=_rules(s),
     )
-    metrics_sink = TimescaleMetricsSink(
-        s.pg_dsn.get_secret_value(), on_written=metrics.ROWS_WRITTEN.inc
+
+    def written(table: str, rows: int) -> None:
+        metrics.ROWS_WRITTEN.labels(table).inc(rows)
+
+    store = TimescaleSink(s.pg_dsn.get_secret_value(), s.topic_raw, on_written=written)
+    side = SideOutputSink(s.kafka_bootstrap, [s.topic_late, s.topic_dlq])
+    notifications = NotificationSink(s.kafka_bootstrap, s.topic_notifications)
+    return build_flow(
+        "pulse_aggregate",
+        config,
+        source,  # type: ignore[arg-type]
+        store_sink=store,
+        side_sink=side,
+        notification_sink=notifications,
     )
-    kafka_sink = KafkaSink(
-        brokers, topic=None, add_config={"enable.idempotence": "true", "acks": "all"}
-    )
-    return build_flow("pulse_aggregate", config, source, metrics_sink, kafka_sink)  # type: ignore[arg-type]
 
 
 def get_flow() -> Dataflow:
@@ -53,3 +77,35 @@ def enable_api(s: FlowSettings) -> None:
     """Bytewax serves /metrics (ours included) and /dataflow on the API port."""
     os.environ.setdefault("BYTEWAX_DATAFLOW_API_ENABLED", "1")
     os.environ.setdefault("BYTEWAX_DATAFLOW_API_PORT", str(s.api_port))
+
+
+def recovery(s: FlowSettings) -> RecoveryConfig | None:
+    """The recovery store, created with its partitions on first use; None without one."""
+    if not s.recovery_dir:
+        return None
+    path = Path(s.recovery_dir)
+    existing = sorted(path.glob("part-*.sqlite3")) if path.is_dir() else []
+    if not existing:
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, s.recovery_partitions)  # type: ignore[no-untyped-call]
+        log.info("created recovery store %s with %d partitions", path, s.recovery_partitions)
+    elif len(existing) != s.recovery_partitions:
+        msg = (
+            f"recovery store {path} has {len(existing)} partitions but "
+            f"PULSE_RECOVERY_PARTITIONS={s.recovery_partitions}; the count is fixed at creation"
+        )
+        raise ConfigError(msg)
+    backup = timedelta(seconds=s.backup_interval_seconds)
+    return RecoveryConfig(path, backup)  # type: ignore[no-untyped-call]
+
+
+def run(s: FlowSettings) -> None:
+    """Run this process's workers until the input ends or the process is stopped."""
+    flow = flow_from_settings(s)
+    enable_api(s)
+    cli_main(  # type: ignore[no-untyped-call]
+        flow,
+        workers_per_process=s.workers,
+        epoch_interval=timedelta(seconds=s.snapshot_interval_seconds),
+        recovery_config=recovery(s),
+    )

@@ -1,113 +1,127 @@
-"""Turns Kafka records into event chunks, and failures into dead-letter messages.
+"""The flow's decoding edge: Kafka records in, pre-aggregated partition chunks out.
 
-This is the flow's decoding edge: protobuf in, plain tuples out, one pass per batch.
+One pass per batch: parse each `RawEvent`, check it with the edge's clock-free rules,
+and fold it into its partition's `BatchAggregator`. Heartbeats (empty key) advance the
+partition's clock. Anything else becomes a dead letter with its raw bytes.
 """
 
 from dataclasses import dataclass
 
-from bytewax.connectors.kafka import KafkaSinkMessage
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
 
 from protos.analytics.v1 import analytics_pb2 as pb
-from pulse.aggregation import Event, EventChunk, LateEvent
+from pulse.aggregation import LateEvent
+from pulse.preagg import BatchAggregator, PartitionChunk
 from pulse.validation import Limits, check_fields
+from sinks.kafka_outputs import SideRecord
 
 DEFAULT_LIMITS = Limits()
+HEARTBEAT_KEY = b""
+USER_DIMENSION = "user_id"
 
-OutMessage = KafkaSinkMessage[bytes | None, bytes | None]
+
+def source_header(topic: str, partition: int, offset: int) -> tuple[str, bytes]:
+    return ("pulse.source", f"{topic}[{partition}]@{offset}".encode())
+
+
+def _dead(msg: Message, error: str, dlq_topic: str) -> SideRecord:
+    topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+    return SideRecord(
+        topic=dlq_topic,
+        key=msg.key(),
+        value=msg.value(),
+        headers=(("pulse.error", error.encode()), source_header(topic, partition, offset)),
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+    )
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A record the flow could not use, with its raw bytes and where it came from."""
+class Decoder:
+    """Turns one input batch into `(partition key, chunk)` pairs and dead letters."""
 
-    key: bytes | None
-    raw: bytes | None
-    error: str
-    topic: str
-    partition: int
-    offset: int
+    window_ms: int
+    lateness_ms: int
+    idle_ms: int
+    dlq_topic: str
+    limits: Limits = DEFAULT_LIMITS
 
-
-def _dead(msg: Message, error: str) -> DeadLetter:
-    return DeadLetter(
-        msg.key(), msg.value(), error, msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-    )
-
-
-def decode_batch(
-    items: list[Message], limits: Limits = DEFAULT_LIMITS
-) -> list[tuple[str, EventChunk] | DeadLetter]:
-    """Group one input batch into per-campaign chunks (keyed), keeping offset order.
-
-    Records that are not valid `RawEvent`s (by the clock-free rules of the edge) become
-    dead letters: one bad record must never stop the flow or reach the database.
-    """
-    chunks: dict[str, list[Event]] = {}
-    out: list[tuple[str, EventChunk] | DeadLetter] = []
-    parse = pb.RawEvent.FromString
-    for item in items:
-        error = item.error()
-        if error is not None:
-            out.append(_dead(item, f"kafka error: {error}"))
-            continue
-        raw = item.value()
-        if raw is None:
-            out.append(_dead(item, "record has no value"))
-            continue
-        try:
-            event = parse(raw)
-        except DecodeError as exc:
-            out.append(_dead(item, f"not an analytics.v1.RawEvent: {exc}"))
-            continue
-        problem = check_fields(event, limits)
-        if problem is not None:
-            out.append(_dead(item, f"invalid event: {problem[1]}"))
-            continue
-        events = chunks.get(event.campaign_id)
-        if events is None:
-            chunks[event.campaign_id] = events = []
-        events.append(
-            Event(
+    def __call__(self, items: list[Message]) -> list[tuple[str, PartitionChunk] | SideRecord]:
+        aggregators: dict[int, BatchAggregator] = {}
+        dead: list[SideRecord] = []
+        parse = pb.RawEvent.FromString
+        limits = self.limits
+        for msg in items:
+            error = msg.error()
+            if error is not None:
+                dead.append(_dead(msg, f"kafka error: {error}", self.dlq_topic))
+                continue
+            raw = msg.value()
+            if raw is None:
+                dead.append(_dead(msg, "record has no value", self.dlq_topic))
+                continue
+            partition = msg.partition() or 0
+            agg = aggregators.get(partition)
+            if agg is None:
+                agg = aggregators[partition] = BatchAggregator(
+                    partition, self.window_ms, self.lateness_ms, self.idle_ms
+                )
+            if msg.key() == HEARTBEAT_KEY:
+                beat_problem = _heartbeat(raw, agg)
+                if beat_problem is not None:
+                    dead.append(_dead(msg, beat_problem, self.dlq_topic))
+                continue
+            try:
+                event = parse(raw)
+            except DecodeError as exc:
+                dead.append(_dead(msg, f"not an analytics.v1.RawEvent: {exc}", self.dlq_topic))
+                continue
+            problem = check_fields(event, limits)
+            if problem is not None:
+                dead.append(_dead(msg, f"invalid event: {problem[1]}", self.dlq_topic))
+                continue
+            agg.event(
+                event.campaign_id,
                 event.event_type,
                 event.timestamp,
                 event.value,
+                event.dimensions.get(USER_DIMENSION, ""),
+                msg.offset() or 0,
                 raw,
-                item.partition() or 0,
-                item.offset() or 0,
             )
-        )
-    out.extend((campaign, EventChunk(campaign, events)) for campaign, events in chunks.items())
-    return out
+        out: list[tuple[str, PartitionChunk] | SideRecord] = [
+            (str(partition), agg.finish()) for partition, agg in aggregators.items()
+        ]
+        out.extend(dead)
+        return out
 
 
-def dead_letter_message(dead: DeadLetter, topic: str) -> OutMessage:
-    """The dead-letter record: the raw bytes, with the reason and origin in headers."""
-    return KafkaSinkMessage(
-        key=dead.key,
-        value=dead.raw,
-        topic=topic,
-        headers=[
-            ("pulse.error", dead.error.encode()),
-            ("pulse.source", f"{dead.topic}[{dead.partition}]@{dead.offset}".encode()),
-        ],
-    )
+def _heartbeat(raw: bytes, agg: BatchAggregator) -> str | None:
+    try:
+        beat = pb.Heartbeat.FromString(raw)
+    except DecodeError as exc:
+        return f"empty key but not an analytics.v1.Heartbeat: {exc}"
+    agg.heartbeat(beat.wall_time_ms)
+    return None
 
 
-def late_message(late: LateEvent, topic: str, source_topic: str) -> OutMessage:
+def late_record(late: LateEvent, topic: str, source_topic: str) -> SideRecord:
     """The late-event record: original bytes, with the watermark it missed in headers."""
-    ev = late.event
-    return KafkaSinkMessage(
-        key=late.campaign_id.encode(),
-        value=ev.raw,
+    return SideRecord(
         topic=topic,
-        headers=[
+        key=late.campaign_id.encode(),
+        value=late.raw,
+        headers=(
             (
                 "pulse.error",
-                f"late: event time {ev.timestamp_ms} ms is in a window closed "
-                f"by watermark {late.watermark_ms} ms".encode(),
+                f"late: event time {late.timestamp_ms} ms is in window "
+                f"{late.bucket_start_ms} ms, closed by watermark {late.watermark_ms} ms".encode(),
             ),
-            ("pulse.source", f"{source_topic}[{ev.partition}]@{ev.offset}".encode()),
-        ],
+            source_header(source_topic, late.partition, late.offset),
+        ),
+        source_topic=source_topic,
+        source_partition=late.partition,
+        source_offset=late.offset,
     )

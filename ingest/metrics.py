@@ -22,3 +22,10 @@ PRODUCE_SECONDS = Histogram(
     "Time from producing a batch to Kafka's acknowledgement of all of it",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+HEARTBEATS = Counter(
+    "pulse_ingest_heartbeats_total", "Heartbeat records acknowledged by Kafka (one per partition)"
+)
+HEARTBEAT_FAILURES = Counter(
+    "pulse_ingest_heartbeat_failures_total",
+    "Heartbeat records Kafka refused or did not acknowledge, and failed partition lookups",
+)

@@ -1,6 +1,7 @@
 """Composition root of the ingest edge: settings -> Kafka producer, TimescaleDB reader -> gRPC."""
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -15,6 +16,7 @@ from pulse.settings import IngestSettings
 from pulse.timeutil import now_ms
 from sinks.timescale_reader import TimescaleMetricsReader
 
+from .heartbeat import HeartbeatWriter, edge_source
 from .producer import KafkaEventProducer
 from .servicer import AnalyticsServicer
 
@@ -42,6 +44,11 @@ async def _watch_health(
             await health_servicer.set(SERVICE_NAME, status)
             last = status
         await asyncio.sleep(HEALTH_INTERVAL_S)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("heartbeats stopped", exc_info=task.exception())
 
 
 async def serve(settings: IngestSettings) -> None:
@@ -74,6 +81,16 @@ async def serve(settings: IngestSettings) -> None:
         start_http_server(settings.metrics_port, addr=settings.grpc_host)
     await server.start()
     watcher = asyncio.create_task(_watch_health(producer, health_servicer))
+    heartbeats = None
+    if settings.heartbeat_interval_seconds > 0:
+        heartbeats = HeartbeatWriter(
+            producer.raw_producer,
+            settings.topic_raw,
+            edge_source(settings.grpc_port),
+            settings.heartbeat_interval_seconds,
+        )
+        heartbeat_task = asyncio.create_task(heartbeats.run(), name="heartbeats")
+        heartbeat_task.add_done_callback(_report_crash)
     log.info(
         "ingest edge listening on %s (metrics on :%s), producing to %s at %s",
         address,
@@ -90,5 +107,9 @@ async def serve(settings: IngestSettings) -> None:
     log.info("stopping: draining in-flight calls")
     watcher.cancel()
     await server.stop(grace=10)
+    if heartbeats is not None:  # after the drain, before the producer's final flush
+        heartbeats.stop()
+        with contextlib.suppress(Exception):  # a crash was logged when it happened
+            await heartbeat_task
     await asyncio.to_thread(producer.close)
     await reader.close()

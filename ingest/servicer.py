@@ -208,6 +208,18 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     event_count=row.event_count,
                     value_sum=row.value_sum,
                     resolution=resolution,
+                    # Optional fields: None leaves them unset.
+                    value_min=row.value_min,
+                    value_max=row.value_max,
+                    value_avg=row.value_avg,
+                    unique_users=row.unique_users,
+                    value_p50=row.value_p50,
+                    value_p95=row.value_p95,
+                    value_p99=row.value_p99,
+                    first_event_ms=row.first_event_ms or 0,
+                    last_event_ms=row.last_event_ms or 0,
+                    late_events=row.late_events,
+                    closed=row.closed,
                 )
         except SinkError as exc:
             log.warning("QueryMetrics from %s failed: %s", context.peer(), exc)

@@ -1,142 +1,208 @@
-"""Per-campaign tumbling-window aggregation over event time, with watermark and lateness.
+"""What the dataflow computes per `(campaign_id, event_type, window)`: the data model.
 
-Pure logic, driven only by the events themselves (never by the wall clock), so that a
-replay of the same input yields the same rows: that is what makes the sink's upserts
-idempotent.
-
-Semantics for one campaign (one Kafka key, so its events arrive in offset order):
-- watermark = highest event time seen so far minus the allowed lateness;
-- an event is *late* when its window's end is at or before the watermark (the window is
-  closed); late events are handed back, never counted and never reopen a window;
-- otherwise it is added to its `(event_type, window start)` accumulator, and the
-  accumulator's current value is emitted as a row. Each row supersedes the previous
-  one for the same window (its count is larger), so the sink keeps the highest count.
+- `Partial`: one input batch's events of one window, pre-aggregated (plain lists, cheap
+  to build per event and to ship between workers).
+- `WindowAggregate`: an open window's running aggregate, with its sketches; partials
+  merge into it.
+- `MetricRow`: what the sink upserts into `event_metrics`. Rows of one window only grow
+  (`revision` rises), so replays and stale rows are no-ops for an upsert that keeps the
+  highest revision.
+- `ClosedWindow`: a window the watermark has passed, final, handed to rollups and alerts.
+- `LateEvent`: an event behind the watermark, with its original bytes and origin.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from pulse.windows import TumblingWindows
+from pulse import sketches
 
 
-class Event(NamedTuple):
-    """One decoded event, with where it came from (for dead-letter and late routing)."""
+class SourceRef(NamedTuple):
+    """An event's original bytes and where it was read (for late and dead-letter routing)."""
 
-    event_type: str
-    timestamp_ms: int
-    value: float
-    raw: bytes
-    partition: int
     offset: int
+    timestamp_ms: int
+    raw: bytes
 
 
-class EventChunk(NamedTuple):
-    """Events of one campaign from one input batch, in offset order."""
+@dataclass(slots=True)
+class Partial:
+    """The on-time events of one window within one input batch, folded together."""
 
-    campaign_id: str
-    events: list[Event]
+    count: int = 0
+    value_sum: float = 0.0
+    value_min: float = float("inf")
+    value_max: float = float("-inf")
+    first_ms: int = 2**63 - 1
+    last_ms: int = -(2**63)
+    values: list[float] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+    refs: list[SourceRef] = field(default_factory=list)
+
+    def add(self, ts: int, value: float, user: str, ref: SourceRef) -> None:
+        self.count += 1
+        self.value_sum += value
+        self.value_min = min(self.value_min, value)
+        self.value_max = max(self.value_max, value)
+        self.first_ms = min(self.first_ms, ts)
+        self.last_ms = max(self.last_ms, ts)
+        self.values.append(value)
+        self.users.append(user)
+        self.refs.append(ref)
 
 
 @dataclass(frozen=True, slots=True)
 class MetricRow:
-    """The aggregate of one `(campaign_id, event_type, bucket)` window so far."""
+    """One `event_metrics` row: the on-time aggregate of a window so far (or final)."""
 
     campaign_id: str
     event_type: str
     bucket_start_ms: int
     event_count: int
     value_sum: float
+    value_min: float | None = None
+    value_max: float | None = None
+    unique_users: int = 0
+    value_p50: float | None = None
+    value_p95: float | None = None
+    value_p99: float | None = None
+    first_event_ms: int | None = None
+    last_event_ms: int | None = None
+    closed: bool = False
+    users_sketch: bytes | None = None  # serialized HLL, on closed rows
+    values_sketch: bytes | None = None  # serialized KLL, on closed rows
+
+    @property
+    def value_avg(self) -> float | None:
+        return self.value_sum / self.event_count if self.event_count else None
+
+    @property
+    def revision(self) -> int:
+        """Grows with every change of the window: more events, then once more on close."""
+        return 2 * self.event_count + int(self.closed)
+
+
+class WindowAggregate:
+    """The running aggregate of one open window: scalars plus mergeable sketches."""
+
+    __slots__ = (
+        "count",
+        "first_ms",
+        "last_ms",
+        "users",
+        "value_max",
+        "value_min",
+        "value_sum",
+        "values",
+    )
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.value_sum = 0.0
+        self.value_min = float("inf")
+        self.value_max = float("-inf")
+        self.first_ms = 2**63 - 1
+        self.last_ms = -(2**63)
+        self.users = sketches.new_hll()
+        self.values = sketches.new_kll()
+
+    def merge(self, part: Partial) -> None:
+        self.count += part.count
+        self.value_sum += part.value_sum
+        self.value_min = min(self.value_min, part.value_min)
+        self.value_max = max(self.value_max, part.value_max)
+        self.first_ms = min(self.first_ms, part.first_ms)
+        self.last_ms = max(self.last_ms, part.last_ms)
+        sketches.add_users(self.users, part.users)
+        sketches.add_values(self.values, part.values)
+
+    @property
+    def value_avg(self) -> float | None:
+        return self.value_sum / self.count if self.count else None
+
+    def row(self, campaign_id: str, event_type: str, start_ms: int, closed: bool) -> MetricRow:
+        """The window as a row; closed rows carry the serialized sketches for rollups."""
+        q = sketches.quantiles(self.values)
+        p50, p95, p99 = q if q is not None else (None, None, None)
+        return MetricRow(
+            campaign_id,
+            event_type,
+            start_ms,
+            self.count,
+            self.value_sum,
+            self.value_min if self.count else None,
+            self.value_max if self.count else None,
+            sketches.distinct(self.users),
+            p50,
+            p95,
+            p99,
+            self.first_ms if self.count else None,
+            self.last_ms if self.count else None,
+            closed,
+            sketches.hll_bytes(self.users) if closed else None,
+            sketches.kll_bytes(self.values) if closed else None,
+        )
+
+    def freeze(self) -> "FrozenAggregate":
+        return FrozenAggregate(
+            self.count,
+            self.value_sum,
+            self.value_min,
+            self.value_max,
+            self.first_ms,
+            self.last_ms,
+            sketches.hll_bytes(self.users),
+            sketches.kll_bytes(self.values),
+        )
+
+    @classmethod
+    def thaw(cls, frozen: "FrozenAggregate") -> "WindowAggregate":
+        agg = cls()
+        agg.count = frozen.count
+        agg.value_sum = frozen.value_sum
+        agg.value_min = frozen.value_min
+        agg.value_max = frozen.value_max
+        agg.first_ms = frozen.first_ms
+        agg.last_ms = frozen.last_ms
+        agg.users = sketches.hll_from(frozen.users)
+        agg.values = sketches.kll_from(frozen.values)
+        return agg
+
+
+@dataclass(frozen=True, slots=True)
+class FrozenAggregate:
+    """Immutable, picklable copy of a `WindowAggregate` (for Bytewax snapshots)."""
+
+    count: int
+    value_sum: float
+    value_min: float
+    value_max: float
+    first_ms: int
+    last_ms: int
+    users: bytes
+    values: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    """A final window result: the watermark passed its end. `agg` must not be mutated."""
+
+    campaign_id: str
+    event_type: str
+    start_ms: int
+    end_ms: int
+    agg: WindowAggregate
 
 
 @dataclass(frozen=True, slots=True)
 class LateEvent:
-    """An event that arrived after its window closed."""
+    """An event whose window had closed when it arrived: not counted, routed aside."""
 
     campaign_id: str
-    event: Event
+    event_type: str
+    bucket_start_ms: int
+    partition: int
+    offset: int
+    timestamp_ms: int
+    raw: bytes
     watermark_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class CampaignSnapshot:
-    """Immutable copy of a campaign's window state, for Bytewax recovery."""
-
-    campaign_id: str
-    max_event_ms: int | None
-    open_windows: tuple[tuple[str, int, int, float], ...]
-
-
-class CampaignWindows:
-    """Open windows and the watermark of one campaign."""
-
-    __slots__ = ("_lateness_ms", "_length_ms", "_max_event_ms", "_open", "campaign_id")
-
-    def __init__(
-        self,
-        campaign_id: str,
-        windows: TumblingWindows,
-        lateness_ms: int,
-    ) -> None:
-        self.campaign_id = campaign_id
-        self._length_ms = windows.length_ms
-        self._lateness_ms = lateness_ms
-        self._max_event_ms: int | None = None
-        # (event_type, window start) -> [count, value sum]
-        self._open: dict[tuple[str, int], list[float]] = {}
-
-    @classmethod
-    def restore(
-        cls, snapshot: CampaignSnapshot, windows: TumblingWindows, lateness_ms: int
-    ) -> "CampaignWindows":
-        """Rebuild the state saved by `snapshot()`."""
-        state = cls(snapshot.campaign_id, windows, lateness_ms)
-        state._max_event_ms = snapshot.max_event_ms
-        state._open = {(et, start): [cnt, total] for et, start, cnt, total in snapshot.open_windows}
-        return state
-
-    @property
-    def open_window_count(self) -> int:
-        return len(self._open)
-
-    def add(self, events: list[Event]) -> tuple[list[MetricRow], list[LateEvent]]:
-        """Fold events (in offset order) into their windows; return changed rows and late events."""
-        length = self._length_ms
-        lateness = self._lateness_ms
-        open_windows = self._open
-        max_ts = self._max_event_ms
-        watermark = None if max_ts is None else max_ts - lateness
-        touched: set[tuple[str, int]] = set()
-        late: list[LateEvent] = []
-        for event in events:
-            ts = event.timestamp_ms
-            start = ts - ts % length
-            if watermark is not None and start + length <= watermark:
-                late.append(LateEvent(self.campaign_id, event, watermark))
-                continue
-            key = (event.event_type, start)
-            acc = open_windows.get(key)
-            if acc is None:
-                open_windows[key] = [1, event.value]
-            else:
-                acc[0] += 1
-                acc[1] += event.value
-            touched.add(key)
-            if max_ts is None or ts > max_ts:
-                max_ts = ts
-                watermark = ts - lateness
-        self._max_event_ms = max_ts
-        rows = [
-            MetricRow(self.campaign_id, et, start, int(acc[0]), acc[1])
-            for (et, start), acc in ((k, open_windows[k]) for k in sorted(touched))
-        ]
-        if watermark is not None:
-            for key in [k for k in open_windows if k[1] + length <= watermark]:
-                del open_windows[key]
-        return rows, late
-
-    def snapshot(self) -> CampaignSnapshot:
-        return CampaignSnapshot(
-            self.campaign_id,
-            self._max_event_ms,
-            tuple((et, start, int(acc[0]), acc[1]) for (et, start), acc in self._open.items()),
-        )

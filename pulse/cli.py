@@ -19,19 +19,16 @@ def _serve(_args: argparse.Namespace) -> None:
 
 
 def _flow(_args: argparse.Namespace) -> None:
-    from bytewax.run import cli_main
-
-    from flows.main import enable_api, flow_from_settings
+    from flows.main import run
 
     s = settings_mod.load(settings_mod.FlowSettings)
     configure(s.log_level)
-    if s.starting_offset == "end":
+    if s.starting_offset == "end" and not s.recovery_dir:
         logging.getLogger("pulse.flow").warning(
             "PULSE_STARTING_OFFSET=end: without a recovery store, events produced while the "
             "dataflow is down are never counted"
         )
-    enable_api(s)
-    cli_main(flow_from_settings(s), workers_per_process=s.workers)  # type: ignore[no-untyped-call]
+    run(s)
 
 
 def _migrate(_args: argparse.Namespace) -> None:
@@ -42,7 +39,9 @@ def _migrate(_args: argparse.Namespace) -> None:
     configure(s.log_level)
     applied = migrate(s.pg_dsn.get_secret_value())
     created = ensure_topics(
-        s.kafka_bootstrap, [s.topic_raw, s.topic_late, s.topic_dlq], s.topic_partitions
+        s.kafka_bootstrap,
+        [s.topic_raw, s.topic_late, s.topic_dlq, s.topic_notifications],
+        s.topic_partitions,
     )
     print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
     print(f"topics created: {', '.join(created) or 'none (all exist)'}")

@@ -11,6 +11,10 @@ class ConfigError(PulseError):
     """Settings are missing or invalid; the process cannot start."""
 
 
+class RuleConfigError(ConfigError):
+    """The alert rules file is unreadable or invalid; the message names file, rule and field."""
+
+
 class KafkaDeliveryError(PulseError):
     """Kafka did not acknowledge produced events; the caller may retry them."""
 

@@ -66,10 +66,26 @@ class MetricsQuery:
 
 @dataclass(frozen=True, slots=True)
 class MetricPointRow:
-    """One point of a query answer."""
+    """One point of a query answer.
+
+    Value and event-time fields are None while the bucket holds no on-time event; the
+    quantiles also until the bucket's sketches are known (hours and days: merged from
+    closed windows).
+    """
 
     campaign_id: str
     event_type: str
     bucket_start_ms: int
-    event_count: int
+    event_count: int  # on-time events
     value_sum: float
+    value_min: float | None = None
+    value_max: float | None = None
+    value_avg: float | None = None
+    unique_users: int = 0
+    value_p50: float | None = None
+    value_p95: float | None = None
+    value_p99: float | None = None
+    first_event_ms: int | None = None
+    last_event_ms: int | None = None
+    late_events: int = 0  # arrived after the bucket closed; not in the other fields
+    closed: bool = False  # the watermark passed the bucket: its values are final

@@ -5,7 +5,7 @@ Only composition roots call `load()`; everything else takes plain constructor ar
 
 from typing import Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pulse.errors import ConfigError
@@ -30,6 +30,7 @@ class CommonSettings(BaseSettings):
     topic_raw: str = Field("events.raw", description="topic of accepted events")
     topic_late: str = Field("events.late", description="topic of events behind the watermark")
     topic_dlq: str = Field("events.dlq", description="dead-letter topic of undecodable records")
+    topic_notifications: str = Field("notifications", description="topic of alert notifications")
     topic_partitions: int = Field(4, ge=1, le=1024, description="partitions per created topic")
     window_seconds: int = Field(60, ge=1, le=86_400, description="tumbling window length")
     log_level: LogLevel = Field("INFO", description="log level")
@@ -76,6 +77,9 @@ class IngestSettings(CommonSettings):
     produce_timeout_seconds: float = Field(
         30.0, gt=0, description="how long an RPC waits for Kafka acknowledgements"
     )
+    heartbeat_interval_seconds: float = Field(
+        1.0, ge=0, description="heartbeat records into every events partition; 0 disables"
+    )
 
     def limits(self) -> Limits:
         return Limits(
@@ -90,6 +94,18 @@ class FlowSettings(CommonSettings):
     allowed_lateness_seconds: int = Field(
         10, ge=0, description="watermark = highest event time seen minus this"
     )
+    idle_timeout_seconds: int = Field(
+        30, ge=1, description="windows close at the latest this long after their end (heartbeats)"
+    )
+    alert_rules: str = Field("", description="path of the alert rules file (TOML); empty: none")
+    recovery_dir: str = Field("", description="Bytewax recovery store; empty: no recovery")
+    recovery_partitions: int = Field(1, ge=1, le=1024, description="recovery store partitions")
+    snapshot_interval_seconds: float = Field(
+        5.0, gt=0, description="how often state and offsets are snapshotted"
+    )
+    backup_interval_seconds: float = Field(
+        0.0, ge=0, description="how long superseded snapshots are kept (for backups)"
+    )
     kafka_batch_size: int = Field(5000, ge=1, description="messages per Kafka poll")
     starting_offset: Literal["beginning", "end"] = Field(
         "beginning", description="where the dataflow starts reading without recovery"
@@ -97,6 +113,13 @@ class FlowSettings(CommonSettings):
     tail: bool = Field(True, description="keep waiting for new events at the end of the topic")
     api_port: int = Field(3030, ge=1, le=65_535, description="Bytewax API and /metrics port")
     workers: int = Field(1, ge=1, le=64, description="worker threads in this process")
+
+    @model_validator(mode="after")
+    def _check_idle(self) -> "FlowSettings":
+        if self.idle_timeout_seconds < self.allowed_lateness_seconds:
+            msg = "PULSE_IDLE_TIMEOUT_SECONDS must be at least PULSE_ALLOWED_LATENESS_SECONDS"
+            raise ValueError(msg)
+        return self
 
 
 S = TypeVar("S", bound=BaseSettings)
@@ -108,7 +131,8 @@ def load(settings_type: type[S]) -> S:
         return settings_type()
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
-        env = f"PULSE_{field.upper()}"
-        problem = first["msg"]
+        problem = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across several settings names them itself
+            raise ConfigError(f"invalid configuration: {problem}") from None
+        env = f"PULSE_{str(first['loc'][0]).upper()}"
         raise ConfigError(f"invalid configuration: {env}: {problem}") from None

@@ -1,6 +1,8 @@
 """Reads aggregates back from TimescaleDB for the QueryMetrics RPC."""
 
 from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -16,14 +18,44 @@ _RELATIONS = {
     Resolution.DAY: "event_metrics_daily",
 }
 
+# The same columns, in `MetricPointRow` order, in the table and in both views.
 _QUERY = """
-SELECT campaign_id, event_type, bucket, event_count, value_sum
+SELECT campaign_id, event_type, bucket, event_count, value_sum, value_min, value_max,
+       value_avg, unique_users, value_p50, value_p95, value_p99, first_event_at,
+       last_event_at, late_events, closed
 FROM {relation}
 WHERE campaign_id = %(campaign_id)s
   AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
   AND bucket >= %(start)s AND bucket < %(end)s
 ORDER BY bucket, event_type
 """
+
+
+def _optional_ms(value: datetime | None) -> int | None:
+    return None if value is None else datetime_to_ms(value)
+
+
+def _point(row: tuple[Any, ...]) -> MetricPointRow:
+    campaign_id, event_type, bucket, count, total, vmin, vmax, avg, users = row[:9]
+    p50, p95, p99, first, last, late, closed = row[9:]
+    return MetricPointRow(
+        campaign_id,
+        event_type,
+        datetime_to_ms(bucket),
+        count,
+        total,
+        vmin,
+        vmax,
+        avg,
+        users,
+        p50,
+        p95,
+        p99,
+        _optional_ms(first),
+        _optional_ms(last),
+        late,
+        closed,
+    )
 
 
 class TimescaleMetricsReader:
@@ -51,9 +83,7 @@ class TimescaleMetricsReader:
         try:
             async with self._pool.connection() as conn, conn.cursor() as cur:
                 await cur.execute(statement, params)
-                async for campaign_id, event_type, bucket, count, total in cur:
-                    yield MetricPointRow(
-                        campaign_id, event_type, datetime_to_ms(bucket), count, total
-                    )
+                async for row in cur:
+                    yield _point(row)
         except psycopg.Error as exc:
             raise SinkError(f"metrics query failed: {exc}") from exc

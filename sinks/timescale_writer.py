@@ -1,48 +1,293 @@
-"""Bytewax sink that upserts window rows into the `event_metrics` hypertable.
+"""Bytewax sink that stores everything the dataflow emits in TimescaleDB.
 
-Idempotent by construction: a row replaces the stored one only when its event count is
-higher. Within one run a window's rows only grow, and a replay after a crash re-emits
-the same prefix sequence, so stale or repeated rows are no-ops.
+Items are window rows (`event_metrics`), late events (counted in `event_metrics` through
+the `late_event_log` ledger), sketch rollups (`event_sketch_rollups`) and alert
+transitions (`alerts`). Each batch is written in one transaction of at most four
+statements, one per kind, each a single round trip over `unnest()`ed array parameters.
+
+Every statement is idempotent, so a replay after a crash (or a retry after a commit
+whose acknowledgement was lost) changes nothing:
+- a window row replaces the stored one only with a higher `revision`;
+- a late event is counted only when its ledger row `(topic, partition, offset, bucket)`
+  is new;
+- a rollup replaces the stored one only with a higher merged `event_count`;
+- an alert transition is inserted once.
 """
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Literal
 
 import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from pulse.aggregation import MetricRow
+from pulse.aggregation import LateEvent, MetricRow
+from pulse.alerts.model import AlertEvent
 from pulse.errors import SinkError
+from pulse.rollups import RollupRow
 from pulse.timeutil import ms_to_datetime
 
 log = logging.getLogger(__name__)
 
-UPSERT_SQL = """
-INSERT INTO event_metrics (bucket, campaign_id, event_type, event_count, value_sum)
-SELECT * FROM unnest(%s::timestamptz[], %s::text[], %s::text[], %s::bigint[], %s::float8[])
+StoreItem = MetricRow | RollupRow | LateEvent | AlertEvent
+WriteKind = Literal["metrics", "late", "rollups", "alerts"]
+
+# Every on-time column; `late_events` belongs to the late-event statement alone.
+METRICS_SQL = """
+INSERT INTO event_metrics (
+    bucket, campaign_id, event_type, event_count, value_sum, value_min, value_max,
+    value_avg, unique_users, value_p50, value_p95, value_p99, first_event_at,
+    last_event_at, closed, revision, users_sketch, values_sketch
+)
+SELECT * FROM unnest(
+    %s::timestamptz[], %s::text[], %s::text[], %s::bigint[], %s::float8[], %s::float8[],
+    %s::float8[], %s::float8[], %s::bigint[], %s::float8[], %s::float8[], %s::float8[],
+    %s::timestamptz[], %s::timestamptz[], %s::boolean[], %s::bigint[], %s::bytea[],
+    %s::bytea[]
+)
 ON CONFLICT (campaign_id, event_type, bucket) DO UPDATE
 SET event_count = excluded.event_count,
     value_sum = excluded.value_sum,
+    value_min = excluded.value_min,
+    value_max = excluded.value_max,
+    value_avg = excluded.value_avg,
+    unique_users = excluded.unique_users,
+    value_p50 = excluded.value_p50,
+    value_p95 = excluded.value_p95,
+    value_p99 = excluded.value_p99,
+    first_event_at = excluded.first_event_at,
+    last_event_at = excluded.last_event_at,
+    closed = excluded.closed,
+    revision = excluded.revision,
+    users_sketch = excluded.users_sketch,
+    values_sketch = excluded.values_sketch,
     updated_at = now()
-WHERE event_metrics.event_count < excluded.event_count
+WHERE event_metrics.revision < excluded.revision
+"""
+
+# Only ledger rows inserted now are counted. A bucket without a row yet gets a closed,
+# late-only row (revision 1 is below that of any row with an on-time event, 2 * count).
+LATE_SQL = """
+WITH logged AS (
+    INSERT INTO late_event_log (
+        bucket, campaign_id, event_type, source_topic, source_partition, source_offset,
+        event_time, watermark
+    )
+    SELECT u.bucket, u.campaign_id, u.event_type, %(topic)s, u.source_partition,
+           u.source_offset, u.event_time, u.watermark
+    FROM unnest(
+        %(bucket)s::timestamptz[], %(campaign_id)s::text[], %(event_type)s::text[],
+        %(source_partition)s::integer[], %(source_offset)s::bigint[],
+        %(event_time)s::timestamptz[], %(watermark)s::timestamptz[]
+    ) AS u(bucket, campaign_id, event_type, source_partition, source_offset, event_time,
+           watermark)
+    ON CONFLICT (source_topic, source_partition, source_offset, bucket) DO NOTHING
+    RETURNING bucket, campaign_id, event_type
+), counted AS (
+    SELECT bucket, campaign_id, event_type, count(*) AS n
+    FROM logged
+    GROUP BY bucket, campaign_id, event_type
+)
+INSERT INTO event_metrics (
+    bucket, campaign_id, event_type, event_count, value_sum, closed, revision, late_events
+)
+SELECT bucket, campaign_id, event_type, 0, 0, true, 1, n FROM counted
+ORDER BY campaign_id, event_type, bucket
+ON CONFLICT (campaign_id, event_type, bucket) DO UPDATE
+SET late_events = event_metrics.late_events + excluded.late_events,
+    updated_at = now()
+"""
+
+ROLLUPS_SQL = """
+INSERT INTO event_sketch_rollups (
+    resolution, bucket, campaign_id, event_type, event_count, unique_users, value_p50,
+    value_p95, value_p99, users_sketch, values_sketch
+)
+SELECT * FROM unnest(
+    %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],
+    %s::float8[], %s::float8[], %s::float8[], %s::bytea[], %s::bytea[]
+)
+ON CONFLICT (resolution, campaign_id, event_type, bucket) DO UPDATE
+SET event_count = excluded.event_count,
+    unique_users = excluded.unique_users,
+    value_p50 = excluded.value_p50,
+    value_p95 = excluded.value_p95,
+    value_p99 = excluded.value_p99,
+    users_sketch = excluded.users_sketch,
+    values_sketch = excluded.values_sketch,
+    updated_at = now()
+WHERE event_sketch_rollups.event_count < excluded.event_count
+"""
+
+ALERTS_SQL = """
+INSERT INTO alerts (
+    alert_id, state, rule, rule_kind, severity, campaign_id, event_type, metric,
+    window_start, window_end, observed, threshold, message
+)
+SELECT * FROM unnest(
+    %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+    %s::text[], %s::timestamptz[], %s::timestamptz[], %s::float8[], %s::float8[],
+    %s::text[]
+)
+ON CONFLICT (alert_id, state, window_start) DO NOTHING
 """
 
 
-def latest_rows(rows: list[MetricRow]) -> list[MetricRow]:
-    """Keep, per window, the row with the highest count (one upsert may touch a row once)."""
+def latest_rows(rows: Sequence[MetricRow]) -> list[MetricRow]:
+    """Keep, per window, the highest-revision row (one upsert may touch a row once).
+
+    Rows come back in key order, so concurrent workers lock shared rows in one order.
+    """
     best: dict[tuple[str, str, int], MetricRow] = {}
     for row in rows:
         key = (row.campaign_id, row.event_type, row.bucket_start_ms)
         seen = best.get(key)
+        if seen is None or row.revision > seen.revision:
+            best[key] = row
+    return [best[key] for key in sorted(best)]
+
+
+def latest_rollups(rows: Sequence[RollupRow]) -> list[RollupRow]:
+    """Keep, per hour or day, the rollup that merged the most events (in key order)."""
+    best: dict[tuple[str, str, str, int], RollupRow] = {}
+    for row in rows:
+        key = (row.resolution, row.campaign_id, row.event_type, row.bucket_start_ms)
+        seen = best.get(key)
         if seen is None or row.event_count > seen.event_count:
             best[key] = row
-    return list(best.values())
+    return [best[key] for key in sorted(best)]
 
 
-class _Partition(StatelessSinkPartition[MetricRow]):
-    def __init__(self, dsn: str, max_attempts: int, on_written: Callable[[int], None]) -> None:
+def unique_late(events: Sequence[LateEvent]) -> list[LateEvent]:
+    """Drop repeats of a late event (same origin offset and bucket) within a batch."""
+    seen: dict[tuple[int, int, int], LateEvent] = {}
+    for event in events:
+        seen.setdefault((event.partition, event.offset, event.bucket_start_ms), event)
+    return list(seen.values())
+
+
+def _optional_time(ms: int | None) -> datetime | None:
+    return None if ms is None else ms_to_datetime(ms)
+
+
+def _metrics_params(rows: Sequence[MetricRow]) -> tuple[list[object], ...]:
+    return (
+        [ms_to_datetime(r.bucket_start_ms) for r in rows],
+        [r.campaign_id for r in rows],
+        [r.event_type for r in rows],
+        [r.event_count for r in rows],
+        [r.value_sum for r in rows],
+        [r.value_min for r in rows],
+        [r.value_max for r in rows],
+        [r.value_avg for r in rows],
+        [r.unique_users for r in rows],
+        [r.value_p50 for r in rows],
+        [r.value_p95 for r in rows],
+        [r.value_p99 for r in rows],
+        [_optional_time(r.first_event_ms) for r in rows],
+        [_optional_time(r.last_event_ms) for r in rows],
+        [r.closed for r in rows],
+        [r.revision for r in rows],
+        [r.users_sketch for r in rows],
+        [r.values_sketch for r in rows],
+    )
+
+
+def _late_params(events: Sequence[LateEvent], topic: str) -> dict[str, object]:
+    return {
+        "topic": topic,
+        "bucket": [ms_to_datetime(e.bucket_start_ms) for e in events],
+        "campaign_id": [e.campaign_id for e in events],
+        "event_type": [e.event_type for e in events],
+        "source_partition": [e.partition for e in events],
+        "source_offset": [e.offset for e in events],
+        "event_time": [ms_to_datetime(e.timestamp_ms) for e in events],
+        "watermark": [ms_to_datetime(e.watermark_ms) for e in events],
+    }
+
+
+def _rollups_params(rows: Sequence[RollupRow]) -> tuple[list[object], ...]:
+    return (
+        [str(r.resolution) for r in rows],
+        [ms_to_datetime(r.bucket_start_ms) for r in rows],
+        [r.campaign_id for r in rows],
+        [r.event_type for r in rows],
+        [r.event_count for r in rows],
+        [r.unique_users for r in rows],
+        [r.value_p50 for r in rows],
+        [r.value_p95 for r in rows],
+        [r.value_p99 for r in rows],
+        [r.users_sketch for r in rows],
+        [r.values_sketch for r in rows],
+    )
+
+
+def _alerts_params(alerts: Sequence[AlertEvent]) -> tuple[list[object], ...]:
+    return (
+        [a.alert_id for a in alerts],
+        [str(a.state) for a in alerts],
+        [a.rule for a in alerts],
+        [a.rule_kind for a in alerts],
+        [a.severity for a in alerts],
+        [a.campaign_id for a in alerts],
+        [a.event_type for a in alerts],
+        [a.metric for a in alerts],
+        [ms_to_datetime(a.window_start_ms) for a in alerts],
+        [ms_to_datetime(a.window_end_ms) for a in alerts],
+        [a.observed for a in alerts],
+        [a.threshold for a in alerts],
+        [a.message for a in alerts],
+    )
+
+
+Statement = tuple[WriteKind, str, tuple[list[object], ...] | dict[str, object], int]
+
+
+def plan(items: Sequence[StoreItem], source_topic: str) -> list[Statement]:
+    """Split a batch by kind into at most four statements: (kind, sql, params, rows)."""
+    metrics: list[MetricRow] = []
+    late: list[LateEvent] = []
+    rollups: list[RollupRow] = []
+    alerts: list[AlertEvent] = []
+    for item in items:
+        if isinstance(item, MetricRow):
+            metrics.append(item)
+        elif isinstance(item, LateEvent):
+            late.append(item)
+        elif isinstance(item, RollupRow):
+            rollups.append(item)
+        elif isinstance(item, AlertEvent):
+            alerts.append(item)
+        else:
+            msg = f"cannot store {type(item).__name__} in TimescaleDB"
+            raise TypeError(msg)
+    statements: list[Statement] = []
+    if metrics:
+        rows = latest_rows(metrics)
+        statements.append(("metrics", METRICS_SQL, _metrics_params(rows), len(rows)))
+    if late:
+        events = unique_late(late)
+        statements.append(("late", LATE_SQL, _late_params(events, source_topic), len(events)))
+    if rollups:
+        merged = latest_rollups(rollups)
+        statements.append(("rollups", ROLLUPS_SQL, _rollups_params(merged), len(merged)))
+    if alerts:
+        statements.append(("alerts", ALERTS_SQL, _alerts_params(alerts), len(alerts)))
+    return statements
+
+
+class _Partition(StatelessSinkPartition[StoreItem]):
+    def __init__(
+        self,
+        dsn: str,
+        source_topic: str,
+        max_attempts: int,
+        on_written: Callable[[str, int], None],
+    ) -> None:
         self._dsn = dsn
+        self._source_topic = source_topic
         self._max_attempts = max_attempts
         self._on_written = on_written
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
@@ -52,51 +297,62 @@ class _Partition(StatelessSinkPartition[MetricRow]):
             self._conn = psycopg.connect(self._dsn, autocommit=True)
         return self._conn
 
-    def write_batch(self, items: list[MetricRow]) -> None:
-        rows = latest_rows(items)
-        if not rows:
+    def _write(self, statements: list[Statement]) -> None:
+        conn = self._connection()
+        with conn.transaction():
+            for _kind, query, params, _rows in statements:
+                conn.execute(query, params)
+
+    def write_batch(self, items: list[StoreItem]) -> None:
+        statements = plan(items, self._source_topic)
+        if not statements:
             return
-        params = (
-            [ms_to_datetime(r.bucket_start_ms) for r in rows],
-            [r.campaign_id for r in rows],
-            [r.event_type for r in rows],
-            [r.event_count for r in rows],
-            [r.value_sum for r in rows],
-        )
         for attempt in range(1, self._max_attempts + 1):
             try:
-                self._connection().execute(UPSERT_SQL, params)
-                self._on_written(len(rows))
-                return
+                self._write(statements)
             except psycopg.OperationalError as exc:
                 if self._conn is not None:
                     self._conn.close()
                 if attempt == self._max_attempts:
-                    msg = f"writing {len(rows)} rows to event_metrics failed: {exc}"
+                    msg = f"writing a batch of {len(items)} items to TimescaleDB failed: {exc}"
                     raise SinkError(msg) from exc
                 delay = min(0.5 * 2**attempt, 10.0)
                 log.warning(
-                    "event_metrics write failed (attempt %d), retrying in %.1f s: %s",
+                    "TimescaleDB write failed (attempt %d), retrying in %.1f s: %s",
                     attempt,
                     delay,
                     exc,
                 )
                 time.sleep(delay)
+            else:
+                for kind, _query, _params, rows in statements:
+                    self._on_written(kind, rows)
+                return
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
 
 
-class TimescaleMetricsSink(DynamicSink[MetricRow]):
-    """One connection per worker; each batch is a single round trip."""
+class TimescaleSink(DynamicSink[StoreItem]):
+    """One connection per worker; each batch is one transaction of at most 4 statements.
+
+    `on_written(kind, rows)` is called after each commit, per kind in the batch
+    ("metrics", "late", "rollups", "alerts"), with the number of rows sent (repeats within
+    the batch dropped; rows the database kept unchanged as stale or replayed included).
+    """
 
     def __init__(
-        self, dsn: str, max_attempts: int = 6, on_written: Callable[[int], None] | None = None
+        self,
+        dsn: str,
+        source_topic: str,
+        max_attempts: int = 6,
+        on_written: Callable[[str, int], None] | None = None,
     ) -> None:
         self._dsn = dsn
+        self._source_topic = source_topic
         self._max_attempts = max_attempts
-        self._on_written = on_written or (lambda _n: None)
+        self._on_written = on_written or (lambda _kind, _rows: None)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
-        return _Partition(self._dsn, self._max_attempts, self._on_written)
+        return _Partition(self._dsn, self._source_topic, self._max_attempts, self._on_written)

@@ -40,6 +40,7 @@ class Topics:
     raw: str
     late: str
     dlq: str
+    notifications: str
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +70,12 @@ def database(stack: Stack) -> Iterator[str]:
 
 @pytest.fixture
 def topics(stack: Stack) -> Topics:
-    """Unique raw/late/dlq topics for one test."""
+    """Unique raw/late/dlq/notifications topics for one test."""
     prefix = f"test-{uuid.uuid4().hex[:10]}"
-    names = Topics(f"{prefix}.raw", f"{prefix}.late", f"{prefix}.dlq")
-    ensure_topics(stack.kafka_bootstrap, [names.raw, names.late, names.dlq], partitions=3)
+    names = Topics(f"{prefix}.raw", f"{prefix}.late", f"{prefix}.dlq", f"{prefix}.notifications")
+    ensure_topics(
+        stack.kafka_bootstrap,
+        [names.raw, names.late, names.dlq, names.notifications],
+        partitions=3,
+    )
     return names

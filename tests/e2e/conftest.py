@@ -26,7 +26,14 @@ def free_port() -> int:
 class Pipeline:
     """The ingest edge and the dataflow, started against the test's topics and database."""
 
-    def __init__(self, stack: Stack, dsn: str, topics: Topics, workdir: Path) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        dsn: str,
+        topics: Topics,
+        workdir: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         grpc_port = free_port()
         self.target = f"127.0.0.1:{grpc_port}"
         self.bootstrap = stack.kafka_bootstrap
@@ -40,10 +47,15 @@ class Pipeline:
             "PULSE_TOPIC_RAW": topics.raw,
             "PULSE_TOPIC_LATE": topics.late,
             "PULSE_TOPIC_DLQ": topics.dlq,
+            "PULSE_TOPIC_NOTIFICATIONS": topics.notifications,
+            "PULSE_RECOVERY_DIR": str(workdir / "recovery"),
+            "PULSE_SNAPSHOT_INTERVAL_SECONDS": "1",
+            "PULSE_HEARTBEAT_INTERVAL_SECONDS": "0.5",
             "PULSE_GRPC_PORT": str(grpc_port),
             "PULSE_METRICS_PORT": str(free_port()),
             "PULSE_API_PORT": str(free_port()),
             "PULSE_KAFKA_BATCH_SIZE": "500",
+            **(extra_env or {}),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.starts = 0
@@ -97,7 +109,9 @@ class Pipeline:
 
 @pytest.fixture
 def pipeline(stack: Stack, database: str, topics: Topics, tmp_path: Path) -> Iterator[Pipeline]:
-    running = Pipeline(stack, database, topics, tmp_path)
+    # Events up to an hour old still count as on time (the heartbeats' floor is an hour
+    # behind), so these tests can place their events in whole past minutes.
+    running = Pipeline(stack, database, topics, tmp_path, {"PULSE_IDLE_TIMEOUT_SECONDS": "3600"})
     try:
         running.start("serve")
         running.start("flow")

@@ -1,7 +1,7 @@
 import pytest
 
 from pulse.errors import QueryError
-from pulse.query import MetricsQuery, Resolution
+from pulse.query import MetricPointRow, MetricsQuery, Resolution
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -39,3 +39,11 @@ def test_hour_and_day_queries_widen_to_whole_buckets() -> None:
 def test_bad_queries_are_refused(args: tuple[str, str, int, int, int], message: str) -> None:
     with pytest.raises(QueryError, match=message):
         MetricsQuery.parse(*args)
+
+
+def test_a_point_without_details_has_no_values_no_users_and_is_open() -> None:
+    p = MetricPointRow("c1", "click", 0, 0, 0.0)
+    assert (p.value_min, p.value_max, p.value_avg) == (None, None, None)
+    assert (p.value_p50, p.value_p95, p.value_p99) == (None, None, None)
+    assert (p.first_event_ms, p.last_event_ms) == (None, None)
+    assert (p.unique_users, p.late_events, p.closed) == (0, 0, False)

@@ -77,6 +77,14 @@ class FixedReader(MetricsReader):
             yield MetricPointRow(
                 query.campaign_id, "click", query.start_ms + i * 60_000, i + 1, 0.5
             )
+        # A closed bucket with every detail, then one that only received late events.
+        yield MetricPointRow(
+            *(query.campaign_id, "view", query.start_ms, 4, 2.0, 0.0, 1.5, 0.5, 3),
+            *(0.25, 1.25, 1.5, query.start_ms + 1, query.start_ms + 9, 2, True),
+        )
+        yield MetricPointRow(
+            query.campaign_id, "view", query.start_ms + 60_000, 0, 0.0, late_events=1, closed=True
+        )
 
 
 def with_server(
@@ -261,12 +269,44 @@ def test_query_metrics_streams_points_and_refuses_bad_ranges() -> None:
             points = await client.query(
                 pb.MetricsRequest(campaign_id="c1", start_ms=NOW, end_ms=NOW + 600_000)
             )
-            assert [(p.bucket_start_ms, p.event_count) for p in points] == [
-                (NOW, 1),
-                (NOW + 60_000, 2),
-                (NOW + 120_000, 3),
+            assert [(p.event_type, p.bucket_start_ms, p.event_count) for p in points] == [
+                ("click", NOW, 1),
+                ("click", NOW + 60_000, 2),
+                ("click", NOW + 120_000, 3),
+                ("view", NOW, 4),
+                ("view", NOW + 60_000, 0),
             ]
             assert {p.resolution for p in points} == {pb.RESOLUTION_MINUTE}
+            assert points[3] == pb.MetricPoint(
+                campaign_id="c1",
+                event_type="view",
+                bucket_start_ms=NOW,
+                event_count=4,
+                value_sum=2.0,
+                resolution=pb.RESOLUTION_MINUTE,
+                value_min=0.0,
+                value_max=1.5,
+                value_avg=0.5,
+                unique_users=3,
+                value_p50=0.25,
+                value_p95=1.25,
+                value_p99=1.5,
+                first_event_ms=NOW + 1,
+                last_event_ms=NOW + 9,
+                late_events=2,
+                closed=True,
+            )
+            assert points[3].HasField("value_min")  # 0.0 is a value, not "no value"
+            # Equal messages have the same optional fields set: here none of them.
+            assert points[4] == pb.MetricPoint(
+                campaign_id="c1",
+                event_type="view",
+                bucket_start_ms=NOW + 60_000,
+                resolution=pb.RESOLUTION_MINUTE,
+                late_events=1,
+                closed=True,
+            )
+            assert not points[4].HasField("value_min")
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await client.query(pb.MetricsRequest(campaign_id="c1", start_ms=NOW, end_ms=NOW))
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

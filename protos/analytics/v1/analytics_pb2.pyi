@@ -85,6 +85,23 @@ RESOLUTION_HOUR: Resolution.ValueType  # 2
 RESOLUTION_DAY: Resolution.ValueType  # 3
 Global___Resolution: _TypeAlias = Resolution  # noqa: Y015
 
+class _AlertState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_STATE_UNSPECIFIED: _AlertState.ValueType  # 0
+    ALERT_STATE_FIRING: _AlertState.ValueType  # 1
+    ALERT_STATE_RESOLVED: _AlertState.ValueType  # 2
+
+class AlertState(_AlertState, metaclass=_AlertStateEnumTypeWrapper): ...
+
+ALERT_STATE_UNSPECIFIED: AlertState.ValueType  # 0
+ALERT_STATE_FIRING: AlertState.ValueType  # 1
+ALERT_STATE_RESOLVED: AlertState.ValueType  # 2
+Global___AlertState: _TypeAlias = AlertState  # noqa: Y015
+
 @_typing.final
 class RawEvent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -268,12 +285,41 @@ class MetricPoint(_message.Message):
     EVENT_COUNT_FIELD_NUMBER: _builtins.int
     VALUE_SUM_FIELD_NUMBER: _builtins.int
     RESOLUTION_FIELD_NUMBER: _builtins.int
+    VALUE_MIN_FIELD_NUMBER: _builtins.int
+    VALUE_MAX_FIELD_NUMBER: _builtins.int
+    VALUE_AVG_FIELD_NUMBER: _builtins.int
+    UNIQUE_USERS_FIELD_NUMBER: _builtins.int
+    VALUE_P50_FIELD_NUMBER: _builtins.int
+    VALUE_P95_FIELD_NUMBER: _builtins.int
+    VALUE_P99_FIELD_NUMBER: _builtins.int
+    FIRST_EVENT_MS_FIELD_NUMBER: _builtins.int
+    LAST_EVENT_MS_FIELD_NUMBER: _builtins.int
+    LATE_EVENTS_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     event_type: _builtins.str
     bucket_start_ms: _builtins.int
     event_count: _builtins.int
+    """on-time events"""
     value_sum: _builtins.float
     resolution: Global___Resolution.ValueType
+    value_min: _builtins.float
+    """unset when the bucket holds no on-time event"""
+    value_max: _builtins.float
+    value_avg: _builtins.float
+    unique_users: _builtins.int
+    """HyperLogLog estimate of distinct dimensions["user_id"]"""
+    value_p50: _builtins.float
+    """KLL sketch estimates (rank error < 1%)"""
+    value_p95: _builtins.float
+    value_p99: _builtins.float
+    first_event_ms: _builtins.int
+    """0 when the bucket holds no on-time event"""
+    last_event_ms: _builtins.int
+    late_events: _builtins.int
+    """events that arrived after the bucket closed (not counted)"""
+    closed: _builtins.bool
+    """the watermark passed the bucket: its values are final"""
     def __init__(
         self,
         *,
@@ -283,11 +329,136 @@ class MetricPoint(_message.Message):
         event_count: _builtins.int = ...,
         value_sum: _builtins.float = ...,
         resolution: Global___Resolution.ValueType = ...,
+        value_min: _builtins.float | None = ...,
+        value_max: _builtins.float | None = ...,
+        value_avg: _builtins.float | None = ...,
+        unique_users: _builtins.int = ...,
+        value_p50: _builtins.float | None = ...,
+        value_p95: _builtins.float | None = ...,
+        value_p99: _builtins.float | None = ...,
+        first_event_ms: _builtins.int = ...,
+        last_event_ms: _builtins.int = ...,
+        late_events: _builtins.int = ...,
+        closed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_value_avg", b"_value_avg", "_value_max", b"_value_max", "_value_min", b"_value_min", "_value_p50", b"_value_p50", "_value_p95", b"_value_p95", "_value_p99", b"_value_p99", "value_avg", b"value_avg", "value_max", b"value_max", "value_min", b"value_min", "value_p50", b"value_p50", "value_p95", b"value_p95", "value_p99", b"value_p99"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value_avg", b"_value_avg", "_value_max", b"_value_max", "_value_min", b"_value_min", "_value_p50", b"_value_p50", "_value_p95", b"_value_p95", "_value_p99", b"_value_p99", "bucket_start_ms", b"bucket_start_ms", "campaign_id", b"campaign_id", "closed", b"closed", "event_count", b"event_count", "event_type", b"event_type", "first_event_ms", b"first_event_ms", "last_event_ms", b"last_event_ms", "late_events", b"late_events", "resolution", b"resolution", "unique_users", b"unique_users", "value_avg", b"value_avg", "value_max", b"value_max", "value_min", b"value_min", "value_p50", b"value_p50", "value_p95", b"value_p95", "value_p99", b"value_p99", "value_sum", b"value_sum"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__value_avg: _TypeAlias = _typing.Literal["value_avg"]  # noqa: Y015
+    _WhichOneofArgType__value_avg: _TypeAlias = _typing.Literal["_value_avg", b"_value_avg"]  # noqa: Y015
+    _WhichOneofReturnType__value_max: _TypeAlias = _typing.Literal["value_max"]  # noqa: Y015
+    _WhichOneofArgType__value_max: _TypeAlias = _typing.Literal["_value_max", b"_value_max"]  # noqa: Y015
+    _WhichOneofReturnType__value_min: _TypeAlias = _typing.Literal["value_min"]  # noqa: Y015
+    _WhichOneofArgType__value_min: _TypeAlias = _typing.Literal["_value_min", b"_value_min"]  # noqa: Y015
+    _WhichOneofReturnType__value_p50: _TypeAlias = _typing.Literal["value_p50"]  # noqa: Y015
+    _WhichOneofArgType__value_p50: _TypeAlias = _typing.Literal["_value_p50", b"_value_p50"]  # noqa: Y015
+    _WhichOneofReturnType__value_p95: _TypeAlias = _typing.Literal["value_p95"]  # noqa: Y015
+    _WhichOneofArgType__value_p95: _TypeAlias = _typing.Literal["_value_p95", b"_value_p95"]  # noqa: Y015
+    _WhichOneofReturnType__value_p99: _TypeAlias = _typing.Literal["value_p99"]  # noqa: Y015
+    _WhichOneofArgType__value_p99: _TypeAlias = _typing.Literal["_value_p99", b"_value_p99"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value_avg) -> _WhichOneofReturnType__value_avg | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value_max) -> _WhichOneofReturnType__value_max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value_min) -> _WhichOneofReturnType__value_min | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value_p50) -> _WhichOneofReturnType__value_p50 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value_p95) -> _WhichOneofReturnType__value_p95 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value_p99) -> _WhichOneofReturnType__value_p99 | None: ...
+
+Global___MetricPoint: _TypeAlias = MetricPoint  # noqa: Y015
+
+@_typing.final
+class Heartbeat(_message.Message):
+    """Written by the ingest edge into every partition of the events topic (with an empty
+    Kafka key) so that the dataflow's clocks advance while no events arrive.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALL_TIME_MS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    wall_time_ms: _builtins.int
+    """the writer's clock, Unix milliseconds"""
+    source: _builtins.str
+    """who wrote it, e.g. "edge@host:port" """
+    def __init__(
+        self,
+        *,
+        wall_time_ms: _builtins.int = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_start_ms", b"bucket_start_ms", "campaign_id", b"campaign_id", "event_count", b"event_count", "event_type", b"event_type", "resolution", b"resolution", "value_sum", b"value_sum"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "wall_time_ms", b"wall_time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___MetricPoint: _TypeAlias = MetricPoint  # noqa: Y015
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class Notification(_message.Message):
+    """One alert transition, published on the notifications topic with alert_id as the key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    RULE_KIND_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    WINDOW_START_MS_FIELD_NUMBER: _builtins.int
+    WINDOW_END_MS_FIELD_NUMBER: _builtins.int
+    OBSERVED_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    alert_id: _builtins.str
+    """deterministic: the same incident always has the same id"""
+    state: Global___AlertState.ValueType
+    rule: _builtins.str
+    rule_kind: _builtins.str
+    """"threshold", "ratio" or "anomaly" """
+    severity: _builtins.str
+    campaign_id: _builtins.str
+    event_type: _builtins.str
+    """for ratio rules "numerator/denominator" """
+    metric: _builtins.str
+    """e.g. "count", "p95", "ratio" """
+    window_start_ms: _builtins.int
+    window_end_ms: _builtins.int
+    observed: _builtins.float
+    threshold: _builtins.float
+    """the threshold, or the baseline for anomaly rules"""
+    message: _builtins.str
+    """human-readable summary"""
+    def __init__(
+        self,
+        *,
+        alert_id: _builtins.str = ...,
+        state: Global___AlertState.ValueType = ...,
+        rule: _builtins.str = ...,
+        rule_kind: _builtins.str = ...,
+        severity: _builtins.str = ...,
+        campaign_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        window_start_ms: _builtins.int = ...,
+        window_end_ms: _builtins.int = ...,
+        observed: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "campaign_id", b"campaign_id", "event_type", b"event_type", "message", b"message", "metric", b"metric", "observed", b"observed", "rule", b"rule", "rule_kind", b"rule_kind", "severity", b"severity", "state", b"state", "threshold", b"threshold", "window_end_ms", b"window_end_ms", "window_start_ms", b"window_start_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Notification: _TypeAlias = Notification  # noqa: Y015

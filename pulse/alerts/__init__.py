@@ -1,0 +1,1 @@
+"""Alert rules over closed windows: configuration, evaluation, deduplication."""

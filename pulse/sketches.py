@@ -1,0 +1,92 @@
+"""Mergeable sketches: HyperLogLog for distinct users, KLL for value quantiles.
+
+Apache DataSketches, with parameters chosen for the stated error bounds:
+- HLL with lg_k = 14: relative standard error 0.81%, so within 2% at 2.5 sigma;
+- KLL with k = 400: normalised rank error 0.68% (99% confidence), within 1%.
+
+Sketches cross process boundaries (Bytewax snapshots, the database) only as bytes.
+"""
+
+from collections.abc import Iterable, Sequence
+
+import datasketches as ds
+import numpy as np
+
+HLL_LG_K = 14
+HLL_TYPE = ds.tgt_hll_type.HLL_4
+KLL_K = 400
+QUANTILES = (0.5, 0.95, 0.99)
+
+# The guarantees tests check the sketches against.
+HLL_RELATIVE_ERROR = 0.02
+KLL_RANK_ERROR = 0.01
+
+HllSketch = ds.hll_sketch
+KllSketch = ds.kll_doubles_sketch
+
+
+def new_hll() -> ds.hll_sketch:
+    return ds.hll_sketch(HLL_LG_K, HLL_TYPE)
+
+
+def new_kll() -> ds.kll_doubles_sketch:
+    return ds.kll_doubles_sketch(KLL_K)
+
+
+def add_users(sketch: ds.hll_sketch, users: Iterable[str]) -> None:
+    """Add user ids; empty ids (events without a user) are not users and are skipped."""
+    update = sketch.update
+    for user in users:
+        if user:
+            update(user)
+
+
+def add_values(sketch: ds.kll_doubles_sketch, values: Sequence[float]) -> None:
+    """Add values in one call (numpy array: one C loop instead of a Python one)."""
+    if values:
+        sketch.update(np.asarray(values, dtype=np.float64))
+
+
+def distinct(sketch: ds.hll_sketch) -> int:
+    """The distinct-count estimate, rounded to an integer."""
+    estimate: float = sketch.get_estimate()
+    return round(estimate)
+
+
+def quantiles(sketch: ds.kll_doubles_sketch) -> tuple[float, float, float] | None:
+    """(p50, p95, p99), or None for an empty sketch."""
+    if sketch.is_empty():
+        return None
+    p50, p95, p99 = sketch.get_quantiles(list(QUANTILES))
+    return float(p50), float(p95), float(p99)
+
+
+def hll_bytes(sketch: ds.hll_sketch) -> bytes:
+    return bytes(sketch.serialize_compact())
+
+
+def kll_bytes(sketch: ds.kll_doubles_sketch) -> bytes:
+    return bytes(sketch.serialize())
+
+
+def hll_from(data: bytes) -> ds.hll_sketch:
+    return ds.hll_sketch.deserialize(data)
+
+
+def kll_from(data: bytes) -> ds.kll_doubles_sketch:
+    return ds.kll_doubles_sketch.deserialize(data)
+
+
+def merge_hll(sketches: Iterable[ds.hll_sketch]) -> ds.hll_sketch:
+    """The union of HLL sketches (exactly what one sketch of all inputs would hold)."""
+    union = ds.hll_union(HLL_LG_K)
+    for sketch in sketches:
+        union.update(sketch)
+    return union.get_result(HLL_TYPE)
+
+
+def merge_kll(sketches: Iterable[ds.kll_doubles_sketch]) -> ds.kll_doubles_sketch:
+    merged = new_kll()
+    for sketch in sketches:
+        merged.merge(sketch)
+    return merged

@@ -1,0 +1,247 @@
+"""The window state of one Kafka partition: watermarks, open windows, closing, rollups.
+
+Driven only by the records of the partition, in offset order (never by the wall
+clock), so a replay after a crash makes the same decisions and emits the same rows.
+
+Per campaign, the watermark is the highest event time seen minus the allowed
+lateness; the partition's heartbeats (wall time written into the log by the edge) add
+a floor of heartbeat time minus the idle timeout, so windows of a campaign that went
+quiet still close, and backlog read after downtime is judged by the heartbeats written
+beside it, not by today's clock. A window closes when the watermark reaches its end.
+Its campaign's watermark then stays past it, so a late event never reopens it.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pulse.aggregation import (
+    ClosedWindow,
+    FrozenAggregate,
+    LateEvent,
+    MetricRow,
+    WindowAggregate,
+)
+from pulse.alerts.model import AlertEvent
+from pulse.preagg import NO_TIME, PartitionChunk
+from pulse.rollups import RollupRow, Rollups, RollupSnapshot
+
+
+class AlertEvaluator(Protocol):
+    """Evaluates alert rules on closed windows (see `pulse.alerts.engine`)."""
+
+    def on_closed(self, windows: list[ClosedWindow]) -> list[AlertEvent]: ...
+    def snapshot(self) -> Any: ...
+
+
+@dataclass(slots=True)
+class StepOutput:
+    """What one chunk changed: rows to upsert, events routed aside, alerts."""
+
+    rows: list[MetricRow] = field(default_factory=list)
+    late: list[LateEvent] = field(default_factory=list)
+    rollups: list[RollupRow] = field(default_factory=list)
+    alerts: list[AlertEvent] = field(default_factory=list)
+    closed: int = 0  # windows closed
+    counted: int = 0  # events folded into windows
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionSnapshot:
+    """Immutable, picklable copy of a `PartitionWindows` (Bytewax recovery state)."""
+
+    partition: int
+    heartbeat_ms: int
+    max_event_ms: tuple[tuple[str, int], ...]
+    open_windows: tuple[tuple[str, str, int, FrozenAggregate], ...]
+    rollups: RollupSnapshot
+    alerts: Any
+
+
+class PartitionWindows:
+    """Open windows and watermarks of the campaigns of one partition."""
+
+    def __init__(
+        self,
+        partition: int,
+        window_ms: int,
+        lateness_ms: int,
+        idle_ms: int,
+        alerts: AlertEvaluator | None = None,
+    ) -> None:
+        self.partition = partition
+        self._window_ms = window_ms
+        self._lateness_ms = lateness_ms
+        self._idle_ms = idle_ms
+        self._alerts = alerts
+        self._heartbeat_ms = NO_TIME
+        self._max_event_ms: dict[str, int] = {}
+        # campaign -> (event type, window start) -> aggregate
+        self._open: dict[str, dict[tuple[str, int], WindowAggregate]] = {}
+        self._rollups = Rollups()
+
+    # -- queries --------------------------------------------------------------------
+
+    def watermark(self, campaign_id: str) -> int:
+        """The campaign's watermark: windows ending at or before it are closed."""
+        floor = self._heartbeat_ms - self._idle_ms if self._heartbeat_ms != NO_TIME else NO_TIME
+        seen = self._max_event_ms.get(campaign_id)
+        if seen is None:
+            return floor
+        return max(seen - self._lateness_ms, floor)
+
+    @property
+    def open_window_count(self) -> int:
+        return sum(len(w) for w in self._open.values())
+
+    @property
+    def campaign_count(self) -> int:
+        return len(self._max_event_ms)
+
+    # -- the step -------------------------------------------------------------------
+
+    def apply(self, chunk: PartitionChunk) -> StepOutput:
+        """Merge one pre-aggregated batch; close what its watermarks passed."""
+        out = StepOutput()
+        touched = self._merge(chunk, out)
+
+        for campaign, seen in chunk.max_event_ms.items():
+            if seen > self._max_event_ms.get(campaign, NO_TIME):
+                self._max_event_ms[campaign] = seen
+        heartbeat_moved = chunk.heartbeat_ms > self._heartbeat_ms
+        if heartbeat_moved:
+            self._heartbeat_ms = chunk.heartbeat_ms
+        # A heartbeat may close windows of every campaign; events only their own.
+        candidates = list(self._open) if heartbeat_moved else list(chunk.max_event_ms)
+        closed = self._close(candidates)
+        for window in closed:
+            touched.pop((window.campaign_id, window.event_type, window.start_ms), None)
+        out.rows = [
+            agg.row(campaign, event_type, start, closed=False)
+            for (campaign, event_type, start), agg in touched.items()
+        ]
+        out.rows += [
+            w.agg.row(w.campaign_id, w.event_type, w.start_ms, closed=True) for w in closed
+        ]
+        out.closed = len(closed)
+        out.rollups = self._rollups.add(closed)
+        if self._alerts is not None and closed:
+            out.alerts = self._alerts.on_closed(closed)
+        if heartbeat_moved:
+            self._expire()
+        else:
+            for campaign in chunk.max_event_ms:
+                self._rollups.expire(campaign, self.watermark(campaign))
+        return out
+
+    def _merge(
+        self, chunk: PartitionChunk, out: StepOutput
+    ) -> dict[tuple[str, str, int], WindowAggregate]:
+        """Fold the chunk's partials into open windows; route the late ones aside.
+
+        Each partial is judged against its campaign's watermark before this chunk (the
+        chunk's own part of the watermark was applied event by event already).
+        """
+        window_ms = self._window_ms
+        touched: dict[tuple[str, str, int], WindowAggregate] = {}
+        late = list(chunk.late)
+        marks: dict[str, int] = {}
+        for (campaign, event_type, start), part in chunk.partials.items():
+            mark = marks.get(campaign)
+            if mark is None:
+                mark = marks[campaign] = self.watermark(campaign)
+            if start + window_ms <= mark:
+                late.extend(
+                    LateEvent(
+                        campaign,
+                        event_type,
+                        start,
+                        chunk.partition,
+                        r.offset,
+                        r.timestamp_ms,
+                        r.raw,
+                        mark,
+                    )
+                    for r in part.refs
+                )
+                continue
+            windows = self._open.get(campaign)
+            if windows is None:
+                windows = self._open[campaign] = {}
+            agg = windows.get((event_type, start))
+            if agg is None:
+                agg = windows[(event_type, start)] = WindowAggregate()
+            agg.merge(part)
+            out.counted += part.count
+            touched[(campaign, event_type, start)] = agg
+        late.sort(key=lambda e: e.offset)
+        out.late = late
+        return touched
+
+    def _close(self, campaigns: list[str]) -> list[ClosedWindow]:
+        window_ms = self._window_ms
+        closed: list[ClosedWindow] = []
+        for campaign in campaigns:
+            windows = self._open.get(campaign)
+            if not windows:
+                continue
+            mark = self.watermark(campaign)
+            ready = [k for k in windows if k[1] + window_ms <= mark]
+            for event_type, start in ready:
+                agg = windows.pop((event_type, start))
+                closed.append(ClosedWindow(campaign, event_type, start, start + window_ms, agg))
+            if not windows:
+                del self._open[campaign]
+        closed.sort(key=lambda w: (w.end_ms, w.campaign_id, w.event_type))
+        return closed
+
+    def _expire(self) -> None:
+        """Forget campaigns whose own watermark the heartbeats have overtaken.
+
+        Their watermark equals the heartbeat floor from now on, with or without their
+        entry, so dropping it changes no decision and keeps the state bounded.
+        """
+        floor = self._heartbeat_ms - self._idle_ms
+        for campaign in [
+            c
+            for c, seen in self._max_event_ms.items()
+            if c not in self._open and seen - self._lateness_ms <= floor
+        ]:
+            del self._max_event_ms[campaign]
+        for campaign in self._rollups.campaigns():
+            self._rollups.expire(campaign, self.watermark(campaign))
+
+    # -- recovery -------------------------------------------------------------------
+
+    def snapshot(self) -> PartitionSnapshot:
+        return PartitionSnapshot(
+            self.partition,
+            self._heartbeat_ms,
+            tuple(self._max_event_ms.items()),
+            tuple(
+                (campaign, event_type, start, agg.freeze())
+                for campaign, windows in self._open.items()
+                for (event_type, start), agg in windows.items()
+            ),
+            self._rollups.snapshot(),
+            self._alerts.snapshot() if self._alerts is not None else None,
+        )
+
+    @classmethod
+    def restore(
+        cls,
+        snapshot: PartitionSnapshot,
+        window_ms: int,
+        lateness_ms: int,
+        idle_ms: int,
+        make_alerts: Callable[[Any], AlertEvaluator | None] = lambda _snapshot: None,
+    ) -> "PartitionWindows":
+        """Rebuild a snapshot; `make_alerts` gets the alert state saved (None: start afresh)."""
+        alerts = make_alerts(snapshot.alerts)
+        state = cls(snapshot.partition, window_ms, lateness_ms, idle_ms, alerts)
+        state._heartbeat_ms = snapshot.heartbeat_ms
+        state._max_event_ms = dict(snapshot.max_event_ms)
+        for campaign, event_type, start, frozen in snapshot.open_windows:
+            state._open.setdefault(campaign, {})[(event_type, start)] = WindowAggregate.thaw(frozen)
+        state._rollups = Rollups.restore(snapshot.rollups)
+        return state
