@@ -38,6 +38,7 @@ def run_flow(bootstrap: str, admin_dsn: str, topics: dict[str, str], expect: int
             "PULSE_TOPIC_RAW": topics["raw"],
             "PULSE_TOPIC_LATE": topics["late"],
             "PULSE_TOPIC_DLQ": topics["dlq"],
+            "PULSE_TOPIC_NOTIFICATIONS": topics["notifications"],
             "PULSE_TAIL": "false",
             "PULSE_API_PORT": str(free_port()),
         }

@@ -38,7 +38,12 @@ def free_port() -> int:
 
 def fresh_topics(bootstrap: str, partitions: int = 4) -> dict[str, str]:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    names = {"raw": f"{prefix}.raw", "late": f"{prefix}.late", "dlq": f"{prefix}.dlq"}
+    names = {
+        "raw": f"{prefix}.raw",
+        "late": f"{prefix}.late",
+        "dlq": f"{prefix}.dlq",
+        "notifications": f"{prefix}.notifications",
+    }
     ensure_topics(bootstrap, list(names.values()), partitions)
     return names
 

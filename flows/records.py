@@ -1,10 +1,11 @@
 """The flow's decoding edge: Kafka records in, pre-aggregated partition chunks out.
 
 One pass per batch: parse each `RawEvent`, check it with the edge's clock-free rules,
-and fold it into its partition's `BatchAggregator`. Heartbeats (empty key) advance the
+and hand each partition's records to `preaggregate`. Heartbeats (empty key) advance the
 partition's clock. Anything else becomes a dead letter with its raw bytes.
 """
 
+import logging
 from dataclasses import dataclass
 
 from confluent_kafka import Message
@@ -12,9 +13,13 @@ from google.protobuf.message import DecodeError
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.aggregation import LateEvent
-from pulse.preagg import BatchAggregator, PartitionChunk
-from pulse.validation import Limits, check_fields
+from pulse.preagg import PartitionChunk, Record, heartbeat_record, preaggregate
+from pulse.validation import Limits, check_values
 from sinks.kafka_outputs import SideRecord
+
+from . import metrics
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LIMITS = Limits()
 HEARTBEAT_KEY = b""
@@ -49,62 +54,59 @@ class Decoder:
     limits: Limits = DEFAULT_LIMITS
 
     def __call__(self, items: list[Message]) -> list[tuple[str, PartitionChunk] | SideRecord]:
-        aggregators: dict[int, BatchAggregator] = {}
+        partitions: dict[int, list[Record]] = {}
         dead: list[SideRecord] = []
         parse = pb.RawEvent.FromString
         limits = self.limits
         for msg in items:
             error = msg.error()
             if error is not None:
-                dead.append(_dead(msg, f"kafka error: {error}", self.dlq_topic))
+                # A consumer error is not a record (no bytes, no offset): it cannot be
+                # dead-lettered. librdkafka retries transient ones itself.
+                log.warning(
+                    "Kafka consumer error on %s[%s]: %s", msg.topic(), msg.partition(), error
+                )
+                metrics.CONSUMER_ERRORS.inc()
                 continue
             raw = msg.value()
             if raw is None:
                 dead.append(_dead(msg, "record has no value", self.dlq_topic))
                 continue
             partition = msg.partition() or 0
-            agg = aggregators.get(partition)
-            if agg is None:
-                agg = aggregators[partition] = BatchAggregator(
-                    partition, self.window_ms, self.lateness_ms, self.idle_ms
-                )
+            records = partitions.get(partition)
+            if records is None:
+                records = partitions[partition] = []
             if msg.key() == HEARTBEAT_KEY:
-                beat_problem = _heartbeat(raw, agg)
-                if beat_problem is not None:
-                    dead.append(_dead(msg, beat_problem, self.dlq_topic))
+                try:
+                    beat = pb.Heartbeat.FromString(raw)
+                except DecodeError as exc:
+                    reason = f"empty key but not an analytics.v1.Heartbeat: {exc}"
+                    dead.append(_dead(msg, reason, self.dlq_topic))
+                    continue
+                records.append(heartbeat_record(beat.wall_time_ms, msg.offset() or 0))
                 continue
             try:
                 event = parse(raw)
             except DecodeError as exc:
                 dead.append(_dead(msg, f"not an analytics.v1.RawEvent: {exc}", self.dlq_topic))
                 continue
-            problem = check_fields(event, limits)
+            campaign_id = event.campaign_id
+            event_type = event.event_type
+            ts = event.timestamp
+            value = event.value
+            problem = check_values(campaign_id, event_type, event.event_id, ts, value, limits)
             if problem is not None:
                 dead.append(_dead(msg, f"invalid event: {problem[1]}", self.dlq_topic))
                 continue
-            agg.event(
-                event.campaign_id,
-                event.event_type,
-                event.timestamp,
-                event.value,
-                event.dimensions.get(USER_DIMENSION, ""),
-                msg.offset() or 0,
-                raw,
-            )
+            user = event.dimensions.get(USER_DIMENSION, "")
+            records.append((campaign_id, event_type, ts, value, user, msg.offset() or 0, raw))
+        window_ms, lateness_ms, idle_ms = self.window_ms, self.lateness_ms, self.idle_ms
         out: list[tuple[str, PartitionChunk] | SideRecord] = [
-            (str(partition), agg.finish()) for partition, agg in aggregators.items()
+            (str(p), preaggregate(p, records, window_ms, lateness_ms, idle_ms))
+            for p, records in partitions.items()
         ]
         out.extend(dead)
         return out
-
-
-def _heartbeat(raw: bytes, agg: BatchAggregator) -> str | None:
-    try:
-        beat = pb.Heartbeat.FromString(raw)
-    except DecodeError as exc:
-        return f"empty key but not an analytics.v1.Heartbeat: {exc}"
-    agg.heartbeat(beat.wall_time_ms)
-    return None
 
 
 def late_record(late: LateEvent, topic: str, source_topic: str) -> SideRecord:

@@ -18,7 +18,12 @@ EVENT_MIX = (("impression", 80), ("click", 15), ("conversion", 5))
 
 @dataclass(frozen=True, slots=True)
 class LoadPlan:
-    """What to send: how many events, over how many campaigns, how fast (0 = unthrottled)."""
+    """What to send: how many events, over how many campaigns, how fast (0 = unthrottled).
+
+    `events_per_call` events go in one `IngestEventBatches` call; with a `rate`, the calls
+    are spaced out, so a smaller value gives a steadier stream. `event_types`, when not
+    empty, replaces the default mix (`EVENT_MIX`): each event draws one of them evenly.
+    """
 
     events: int
     campaigns: int = 20
@@ -28,6 +33,15 @@ class LoadPlan:
     events_per_call: int = 50_000
     rate: float = 0.0
     seed: int = 1
+    event_types: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.campaigns < 1 or self.batch_size < 1 or self.events_per_call < 1:
+            msg = "campaigns, batch_size and events_per_call must be at least 1"
+            raise ValueError(msg)
+        if any(not t for t in self.event_types):
+            msg = "event types must not be empty"
+            raise ValueError(msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +67,12 @@ def build_batches(
 ) -> Iterator[pb.EventBatch]:
     """`count` events with times within the last 2 s, spread over campaigns and users.
 
+    Event types follow `plan.event_types` if given, else the weights of `EVENT_MIX`.
+
     Events are built in place in their batch (`events.add`), which is about twice as fast
     as building each `RawEvent` and appending a copy.
     """
-    types = [name for name, weight in EVENT_MIX for _ in range(weight)]
+    types = list(plan.event_types) or [name for name, weight in EVENT_MIX for _ in range(weight)]
     draw = rng.random
     now = now_ms()
     for start in range(first_id, first_id + count, plan.batch_size):

@@ -57,9 +57,30 @@ def _load(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         rate=args.rate,
         seed=args.seed,
+        events_per_call=args.events_per_call,
+        event_types=tuple(args.event_types or ()),
     )
     report = asyncio.run(run_load(args.target, plan, progress=not args.quiet))
     print(report.summary())
+
+
+def _notifications(args: argparse.Namespace) -> None:
+    import os
+
+    from sinks.notification_tail import NotificationTail, format_json, format_line
+
+    s = settings_mod.load(settings_mod.CommonSettings)
+    configure(s.log_level)
+    render = format_json if args.json else format_line
+    try:
+        with NotificationTail(
+            s.kafka_bootstrap, s.topic_notifications, from_beginning=args.from_beginning
+        ) as tail:
+            for event in tail.events(max_events=args.max, seconds=args.timeout):
+                print(render(event), flush=True)
+    except BrokenPipeError:
+        # The reader went away (`pulse notifications | head -n 3`): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _health(args: argparse.Namespace) -> None:
@@ -86,6 +107,20 @@ def _health(args: argparse.Namespace) -> None:
             time.sleep(0.2)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pulse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,8 +141,33 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--batch-size", type=int, default=500, help="events per gRPC message")
     load.add_argument("--rate", type=float, default=0.0, help="events/s; 0 = as fast as possible")
     load.add_argument("--seed", type=int, default=1)
+    load.add_argument(
+        "--events-per-call",
+        type=_positive_int,
+        default=50_000,
+        help="events per IngestEventBatches call (with --rate, smaller is steadier)",
+    )
+    load.add_argument(
+        "--event-type",
+        action="append",
+        dest="event_types",
+        metavar="TYPE",
+        help="send only this event type (repeat for several, drawn evenly); "
+        "default: 80%% impression, 15%% click, 5%% conversion",
+    )
     load.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     load.set_defaults(run=_load)
+    notes = sub.add_parser(
+        "notifications",
+        help="print alert notifications from the notifications topic as they arrive",
+    )
+    notes.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest notification kept"
+    )
+    notes.add_argument("--json", action="store_true", help="one JSON object per line")
+    notes.add_argument("--max", type=_positive_int, metavar="N", help="exit after N notifications")
+    notes.add_argument("--timeout", type=_positive_float, metavar="S", help="exit after S seconds")
+    notes.set_defaults(run=_notifications)
     health = sub.add_parser("health", help="check the ingest edge's gRPC health (exit 0 = SERVING)")
     health.add_argument("--target", default="127.0.0.1:50051")
     health.add_argument("--wait", type=float, default=0.0, help="seconds to wait for SERVING")

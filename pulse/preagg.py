@@ -19,7 +19,7 @@ decides it per partial: a whole partial is late or none of it is.
 
 from dataclasses import dataclass, field
 
-from pulse.aggregation import LateEvent, Partial, SourceRef
+from pulse.aggregation import EventTuple, LateEvent, Partial
 
 NO_TIME = -(2**63)  # "no watermark yet": below every event time
 
@@ -41,54 +41,47 @@ class PartitionChunk:
         return len(self.late) + sum(p.count for p in self.partials.values())
 
 
-class BatchAggregator:
-    """Folds the events and heartbeats of one partition, fed in offset order."""
+# One input record: (campaign_id, event_type, event time, value, user, offset, raw bytes).
+# A heartbeat is a record with an empty campaign id and its wall time as the event time.
+Record = tuple[str, str, int, float, str, int, bytes]
 
-    __slots__ = ("_chunk", "_heartbeat_wm", "_idle_ms", "_lateness_ms", "_window_ms")
 
-    def __init__(self, partition: int, window_ms: int, lateness_ms: int, idle_ms: int) -> None:
-        self._window_ms = window_ms
-        self._lateness_ms = lateness_ms
-        self._idle_ms = idle_ms
-        self._heartbeat_wm = NO_TIME
-        self._chunk = PartitionChunk(partition)
+def heartbeat_record(wall_ms: int, offset: int) -> Record:
+    return ("", "", wall_ms, 0.0, "", offset, b"")
 
-    def event(  # noqa: PLR0917 (called once per event: positional arguments are cheapest)
-        self,
-        campaign_id: str,
-        event_type: str,
-        ts: int,
-        value: float,
-        user: str,
-        offset: int,
-        raw: bytes,
-    ) -> None:
-        chunk = self._chunk
-        start = ts - ts % self._window_ms
-        seen = chunk.max_event_ms.get(campaign_id)
-        watermark = self._heartbeat_wm
-        if seen is not None and seen - self._lateness_ms > watermark:
-            watermark = seen - self._lateness_ms
-        # Every valid event counts as "seen", late or not, so the state and this pass agree.
-        if seen is None or ts > seen:
-            chunk.max_event_ms[campaign_id] = ts
-        if start + self._window_ms <= watermark:
-            chunk.late.append(
-                LateEvent(
-                    campaign_id, event_type, start, chunk.partition, offset, ts, raw, watermark
-                )
+
+def preaggregate(
+    partition: int, records: list[Record], window_ms: int, lateness_ms: int, idle_ms: int
+) -> PartitionChunk:
+    """Fold one partition's records (in offset order) into partials and late events."""
+    seen: dict[str, int] = {}  # highest event time per campaign in this batch
+    windows: dict[WindowKey, list[EventTuple]] = {}
+    late: list[LateEvent] = []
+    heartbeat = heartbeat_wm = NO_TIME
+    for campaign_id, event_type, ts, value, user, offset, raw in records:
+        if not campaign_id:
+            if ts > heartbeat:
+                heartbeat, heartbeat_wm = ts, ts - idle_ms
+            continue
+        start = ts - ts % window_ms
+        watermark = heartbeat_wm
+        prev = seen.get(campaign_id)
+        if prev is None:
+            seen[campaign_id] = ts
+        else:
+            watermark = max(watermark, prev - lateness_ms)
+            if ts > prev:  # every valid event counts as seen, late or not
+                seen[campaign_id] = ts
+        if start + window_ms <= watermark:
+            late.append(
+                LateEvent(campaign_id, event_type, start, partition, offset, ts, raw, watermark)
             )
-            return
+            continue
         key = (campaign_id, event_type, start)
-        part = chunk.partials.get(key)
-        if part is None:
-            part = chunk.partials[key] = Partial()
-        part.add(ts, value, user, SourceRef(offset, ts, raw))
-
-    def heartbeat(self, wall_ms: int) -> None:
-        if wall_ms > self._chunk.heartbeat_ms:
-            self._chunk.heartbeat_ms = wall_ms
-            self._heartbeat_wm = wall_ms - self._idle_ms
-
-    def finish(self) -> PartitionChunk:
-        return self._chunk
+        window = windows.get(key)
+        if window is None:
+            windows[key] = [(ts, value, user, offset, raw)]
+        else:
+            window.append((ts, value, user, offset, raw))
+    partials = {key: Partial.of(events) for key, events in windows.items()}
+    return PartitionChunk(partition, partials, late, seen, heartbeat)

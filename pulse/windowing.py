@@ -152,17 +152,8 @@ class PartitionWindows:
                 mark = marks[campaign] = self.watermark(campaign)
             if start + window_ms <= mark:
                 late.extend(
-                    LateEvent(
-                        campaign,
-                        event_type,
-                        start,
-                        chunk.partition,
-                        r.offset,
-                        r.timestamp_ms,
-                        r.raw,
-                        mark,
-                    )
-                    for r in part.refs
+                    LateEvent(campaign, event_type, start, chunk.partition, offset, ts, raw, mark)
+                    for offset, ts, raw in zip(part.offsets, part.times, part.raws, strict=True)
                 )
                 continue
             windows = self._open.get(campaign)

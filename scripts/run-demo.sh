@@ -6,6 +6,12 @@ ROOT=$(pwd)
 BIN="$ROOT/.venv/bin"
 LOGS="$ROOT/.data/logs"
 RUN_DIR="$ROOT/.data/run"
+# The dataflow evaluates the demo's alert rules and snapshots its state to a recovery store,
+# so a later `make run` resumes where this one stopped.
+ALERT_RULES="${PULSE_ALERT_RULES:-$ROOT/config/alerts.toml}"
+RECOVERY_DIR="${PULSE_RECOVERY_DIR:-$ROOT/.data/recovery}"
+SPIKE_DELAY=25     # seconds between the start of the steady load and the click spike
+SPIKE_CLICKS=3000  # within a few seconds; click-flood fires above 750 clicks a minute
 say() { printf '\033[1m[run]\033[0m %s\n' "$*"; }
 
 stack_was_up=false
@@ -22,7 +28,7 @@ pids=()
 cleanup() {
   local rc=$?
   trap - INT TERM EXIT
-  say "stopping the ingest edge, the dataflow and the load"
+  say "stopping the ingest edge, the dataflow, the load and the alert follower"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ "$stack_was_up" = false ]; then
@@ -36,11 +42,31 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 0' INT TERM  # Ctrl-C is the normal way to stop: a clean exit
 
+resuming=false
+if compgen -G "$RECOVERY_DIR/part-*" >/dev/null; then resuming=true; fi
+flow_failed() {  # the dataflow is gone: show why, and what to do about an old recovery store
+  say "the dataflow stopped${1:+ (exit $1)}; the end of $LOGS/flow.log:"
+  tail -n 20 "$LOGS/flow.log" | sed 's/^/    /'
+  if [ "$resuming" = true ]; then
+    say "It resumed from the recovery store $RECOVERY_DIR. If that store is incompatible"
+    say "(written by another version of Pulse, or before the Kafka data was deleted),"
+    say "delete it and run again:  rm -rf ${RECOVERY_DIR#"$ROOT"/}"
+  fi
+}
+
 (cd "$RUN_DIR" && exec "$BIN/pulse" serve) >"$LOGS/serve.log" 2>&1 &
-pids+=($!)
-(cd "$RUN_DIR" && exec "$BIN/pulse" flow) >"$LOGS/flow.log" 2>&1 &
-pids+=($!)
+serve_pid=$!
+pids+=("$serve_pid")
+(cd "$RUN_DIR" && PULSE_ALERT_RULES="$ALERT_RULES" PULSE_RECOVERY_DIR="$RECOVERY_DIR" \
+  exec "$BIN/pulse" flow) >"$LOGS/flow.log" 2>&1 &
+flow_pid=$!
+pids+=("$flow_pid")
 "$BIN/pulse" health --wait 30 || { tail -n 20 "$LOGS/serve.log"; exit 1; }
+kill -0 "$flow_pid" 2>/dev/null || { flow_failed; exit 1; }
+
+# Alert notifications from the Kafka topic, as they arrive, in this terminal.
+"$BIN/pulse" notifications > >(sed -u $'s/^/\033[1m[alert]\033[0m /') 2>&1 &
+pids+=($!)
 
 burst="demo-$(date +%s)"
 counted() {
@@ -51,38 +77,94 @@ say "streaming a first burst of 50,000 events through the gRPC edge (campaigns $
 "$BIN/pulse" load --events 50000 --campaigns 20 --campaign-prefix "$burst"
 started=$EPOCHREALTIME
 for _ in $(seq 120); do
+  kill -0 "$flow_pid" 2>/dev/null || { flow_failed; exit 1; }
   n=$(counted)
   [ "$n" -ge 50000 ] && break
   sleep 0.25
 done
 say "$n of those 50,000 events are aggregated in TimescaleDB" \
     "($(awk "BEGIN { printf \"%.1f\", $EPOCHREALTIME - $started }") s after the last one was acknowledged)"
+if [ "$n" -lt 50000 ]; then
+  say "the dataflow is behind or stuck: see $LOGS/flow.log"
+  if [ "$resuming" = true ]; then
+    say "(it resumed from $RECOVERY_DIR: if that store is stale, stop, rm -rf it, run again)"
+  fi
+fi
 
-"$BIN/pulse" load --events 0 --rate 500 --seed "$RANDOM" --quiet >"$LOGS/load.log" 2>&1 &
+# Steady load over campaign-000..019: 500 events/s, in calls of 1,000 events (every 2 s).
+"$BIN/pulse" load --events 0 --rate 500 --events-per-call 1000 --seed "$RANDOM" --quiet \
+  >"$LOGS/load.log" 2>&1 &
 pids+=($!)
 
+# A click spike on campaign-000, which also gets its share of the steady load's impressions
+# (the ctr-spike rule divides its clicks by them).
+spike() {
+  local child="" sent_at closes
+  trap '[ -z "$child" ] || kill -TERM "$child" 2>/dev/null || true; exit 0' TERM
+  sleep "$SPIKE_DELAY" &
+  child=$!
+  wait "$child"
+  sent_at=$(date +%s)
+  "$BIN/pulse" load --events "$SPIKE_CLICKS" --campaigns 1 --campaign-prefix campaign \
+    --event-type click --seed "$sent_at" --quiet >"$LOGS/spike.log" 2>&1 &
+  child=$!
+  if ! wait "$child"; then
+    say "the click spike failed: see $LOGS/spike.log"
+    return
+  fi
+  # Its minute closes when the events reach its end plus the allowed lateness (10 s).
+  closes=$(((sent_at / 60 + 1) * 60 + 10))
+  say "spike: $SPIKE_CLICKS clicks for campaign-000 at $(date -u -d "@$sent_at" +%T) UTC;" \
+      "alerts expected about $(date -u -d "@$closes" +%T) UTC," \
+      "their resolves about $(date -u -d "@$((closes + 120))" +%T) UTC"
+}
+spike &
+pids+=($!)
+
+topic="${PULSE_TOPIC_NOTIFICATIONS:-notifications}"
+kcat_line=""
+if command -v kcat >/dev/null; then
+  kcat_line="
+             kcat -C -b $PULSE_KAFKA_BOOTSTRAP -t $topic -e -f '%k %h\\n'   (alert id, state)"
+fi
 cat <<MSG
 
-  Pulse is running. A demo load keeps streaming 500 events/s.
+  Pulse is running. A demo load keeps streaming 500 events/s over campaign-000..019.
+
+  Alerts (rules: ${ALERT_RULES#"$ROOT"/}): in about $SPIKE_DELAY s the demo sends $SPIKE_CLICKS clicks
+  to campaign-000 within seconds. Notifications from the Kafka topic '$topic' appear
+  here, prefixed [alert]: click-flood and ctr-spike FIRING about a minute after the spike
+  (once its minute has closed: the window end plus 10 s of allowed lateness), and
+  RESOLVED 2-3 minutes after that.
 
   Query the aggregates (in another shell, from this folder):
     eval "\$(bash scripts/stack.sh env)"
     psql "\$PULSE_PG_DSN" -c "SELECT bucket, campaign_id, event_type, event_count, value_sum
                               FROM event_metrics WHERE bucket > now() - interval '10 minutes'
                               ORDER BY bucket DESC, campaign_id, event_type LIMIT 20"
+    psql "\$PULSE_PG_DSN" -c "SELECT * FROM alerts ORDER BY window_start DESC LIMIT 20"
   or open a psql shell with: make psql
+  Notifications:
+             .venv/bin/pulse notifications --from-beginning   (--json: one JSON object a line)$kcat_line
   Metrics:   http://127.0.0.1:${PULSE_METRICS_PORT:-9464}/metrics   (ingest edge)
              http://127.0.0.1:${PULSE_API_PORT:-3030}/metrics   (dataflow)
   gRPC:      127.0.0.1:${PULSE_GRPC_PORT:-50051}   (analytics.v1.AnalyticsService, reflection on)
-  Logs:      $LOGS/{serve,flow,load}.log
+  Logs:      $LOGS/{serve,flow,load,spike}.log
+  Recovery:  ${RECOVERY_DIR#"$ROOT"/} (the next run resumes from it; delete it to start afresh)
 
   Press Ctrl-C to stop.
 MSG
-# Run until Ctrl-C (which reaches the processes too), or until the edge or the dataflow dies.
+# Run until Ctrl-C, or until the edge or the dataflow dies.
 status=0
-wait -n "${pids[0]}" "${pids[1]}" || status=$?
+ended=""
+wait -n -p ended "$serve_pid" "$flow_pid" || status=$?
 case $status in
   0 | 130 | 143) exit 0 ;;  # stopped by Ctrl-C / SIGTERM
-  *) say "a Pulse process failed (exit $status); see $LOGS/serve.log and $LOGS/flow.log"
+  *) if [ "$ended" = "$flow_pid" ]; then
+       flow_failed "$status"
+     else
+       say "the ingest edge failed (exit $status); the end of $LOGS/serve.log:"
+       tail -n 20 "$LOGS/serve.log" | sed 's/^/    /'
+     fi
      exit 1 ;;
 esac

@@ -3,7 +3,9 @@
 Items are window rows (`event_metrics`), late events (counted in `event_metrics` through
 the `late_event_log` ledger), sketch rollups (`event_sketch_rollups`) and alert
 transitions (`alerts`). Each batch is written in one transaction of at most four
-statements, one per kind, each a single round trip over `unnest()`ed array parameters.
+statements, one per kind, each a single round trip over `unnest()`ed array parameters,
+sent in binary (the text format escapes every array element, which cost more than the
+writes themselves).
 
 Every statement is idempotent, so a replay after a crash (or a retry after a commit
 whose acknowledgement was lost) changes nothing:
@@ -42,10 +44,10 @@ INSERT INTO event_metrics (
     last_event_at, closed, revision, users_sketch, values_sketch
 )
 SELECT * FROM unnest(
-    %s::timestamptz[], %s::text[], %s::text[], %s::bigint[], %s::float8[], %s::float8[],
-    %s::float8[], %s::float8[], %s::bigint[], %s::float8[], %s::float8[], %s::float8[],
-    %s::timestamptz[], %s::timestamptz[], %s::boolean[], %s::bigint[], %s::bytea[],
-    %s::bytea[]
+    %b::timestamptz[], %b::text[], %b::text[], %b::bigint[], %b::float8[], %b::float8[],
+    %b::float8[], %b::float8[], %b::bigint[], %b::float8[], %b::float8[], %b::float8[],
+    %b::timestamptz[], %b::timestamptz[], %b::boolean[], %b::bigint[], %b::bytea[],
+    %b::bytea[]
 )
 ON CONFLICT (campaign_id, event_type, bucket) DO UPDATE
 SET event_count = excluded.event_count,
@@ -75,12 +77,12 @@ WITH logged AS (
         bucket, campaign_id, event_type, source_topic, source_partition, source_offset,
         event_time, watermark
     )
-    SELECT u.bucket, u.campaign_id, u.event_type, %(topic)s, u.source_partition,
+    SELECT u.bucket, u.campaign_id, u.event_type, %(topic)b::text, u.source_partition,
            u.source_offset, u.event_time, u.watermark
     FROM unnest(
-        %(bucket)s::timestamptz[], %(campaign_id)s::text[], %(event_type)s::text[],
-        %(source_partition)s::integer[], %(source_offset)s::bigint[],
-        %(event_time)s::timestamptz[], %(watermark)s::timestamptz[]
+        %(bucket)b::timestamptz[], %(campaign_id)b::text[], %(event_type)b::text[],
+        %(source_partition)b::integer[], %(source_offset)b::bigint[],
+        %(event_time)b::timestamptz[], %(watermark)b::timestamptz[]
     ) AS u(bucket, campaign_id, event_type, source_partition, source_offset, event_time,
            watermark)
     ON CONFLICT (source_topic, source_partition, source_offset, bucket) DO NOTHING
@@ -106,8 +108,8 @@ INSERT INTO event_sketch_rollups (
     value_p95, value_p99, users_sketch, values_sketch
 )
 SELECT * FROM unnest(
-    %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],
-    %s::float8[], %s::float8[], %s::float8[], %s::bytea[], %s::bytea[]
+    %b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],
+    %b::float8[], %b::float8[], %b::float8[], %b::bytea[], %b::bytea[]
 )
 ON CONFLICT (resolution, campaign_id, event_type, bucket) DO UPDATE
 SET event_count = excluded.event_count,
@@ -127,9 +129,9 @@ INSERT INTO alerts (
     window_start, window_end, observed, threshold, message
 )
 SELECT * FROM unnest(
-    %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-    %s::text[], %s::timestamptz[], %s::timestamptz[], %s::float8[], %s::float8[],
-    %s::text[]
+    %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+    %b::text[], %b::timestamptz[], %b::timestamptz[], %b::float8[], %b::float8[],
+    %b::text[]
 )
 ON CONFLICT (alert_id, state, window_start) DO NOTHING
 """

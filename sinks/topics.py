@@ -121,8 +121,10 @@ def _transient(error: object) -> bool:
 def _try_watermarks(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, tuple[int, int]]:
     metadata = consumer.list_topics(topic, timeout=timeout_s)
     found = metadata.topics.get(topic)
-    if found is None:
-        raise KafkaAdminError(f"cannot read topic {topic}: not found")
+    if found is None or (
+        found.error is not None and found.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+    ):
+        raise KafkaAdminError(f"topic {topic} does not exist (create it with `pulse migrate`)")
     if found.error is not None:
         raise KafkaException(found.error)
     marks = {}

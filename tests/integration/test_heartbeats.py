@@ -47,8 +47,9 @@ def read_heartbeats(bootstrap: str, topic: str, partitions: int) -> dict[int, li
             partition = msg.partition() or 0
             error = msg.error()
             if error is not None:
-                assert error.code() == KafkaError._PARTITION_EOF, error
-                at_end.add(partition)
+                assert not error.fatal(), error  # transient ones are retried by librdkafka
+                if error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(partition)
                 continue
             at_end.discard(partition)
             assert msg.key() == b""

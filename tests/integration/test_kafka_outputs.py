@@ -39,8 +39,9 @@ def consume_all(bootstrap: str, topic: str, partitions: int) -> list[Record]:
         for msg in consumer.consume(1000, timeout=0.1):
             error = msg.error()
             if error is not None:
-                assert error.code() == KafkaError._PARTITION_EOF, error
-                at_end.add(msg.partition() or 0)
+                assert not error.fatal(), error  # transient ones are retried by librdkafka
+                if error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition() or 0)
                 continue
             at_end.discard(msg.partition() or 0)
             raw = msg.headers() or []
@@ -310,3 +311,9 @@ def test_notification_round_trip() -> None:
     event = alert("a9", AlertState.RESOLVED, observed=0.25)
     assert from_notification(to_notification(event)) == event
     assert pb.Notification.FromString(to_notification(event)).state == pb.ALERT_STATE_RESOLVED
+
+
+def test_a_missing_notifications_topic_is_a_clear_error(stack: Stack) -> None:
+    missing = f"test-{uuid.uuid4().hex[:10]}.missing"
+    with pytest.raises(KafkaAdminError, match=f"{missing} does not exist"):
+        NotificationSink(stack.kafka_bootstrap, missing).build("notify", 0, 1)

@@ -12,7 +12,7 @@ from bytewax.outputs import StatelessSinkPartition
 from psycopg import sql
 
 from pulse import sketches
-from pulse.aggregation import LateEvent, MetricRow, Partial, SourceRef, WindowAggregate
+from pulse.aggregation import LateEvent, MetricRow, Partial, WindowAggregate
 from pulse.alerts.model import AlertEvent, AlertState
 from pulse.errors import SinkError
 from pulse.query import MetricPointRow, MetricsQuery
@@ -230,9 +230,9 @@ def test_a_row_replaces_the_stored_one_only_with_a_higher_revision(database: str
 
 
 def test_a_real_closed_window_round_trips_with_its_sketches(database: str) -> None:
-    part_ = Partial()
-    for i, value in enumerate([1.0, 2.0, 3.0, 4.0]):
-        part_.add(T0 + i, value, f"user-{i % 3}", SourceRef(i, T0 + i, b""))
+    part_ = Partial.of(
+        [(T0 + i, value, f"user-{i % 3}", i, b"") for i, value in enumerate([1.0, 2.0, 3.0, 4.0])]
+    )
     agg = WindowAggregate()
     agg.merge(part_)
     row = agg.row("sketches", "view", T0, closed=True)

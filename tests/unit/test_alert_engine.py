@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 import pytest
 
-from pulse.aggregation import ClosedWindow, Partial, SourceRef, WindowAggregate
+from pulse.aggregation import ClosedWindow, Partial, WindowAggregate
 from pulse.alerts.baseline import Baseline
 from pulse.alerts.engine import AlertEngine
 from pulse.alerts.history import metric_value
@@ -32,12 +32,22 @@ def closed(
     """The closed base window starting `minute` minutes after T0, from real events."""
     vals = list(values) if values is not None else [1.0] * (count or 0)
     start = T0 + minute * MINUTE
-    part = Partial()
-    for i, value in enumerate(vals):
-        user = users[i] if users is not None else f"user-{i}"
-        part.add(start + i % MINUTE, value, user, SourceRef(i, start, b""))
     agg = WindowAggregate()
-    agg.merge(part)
+    if vals:
+        agg.merge(
+            Partial.of(
+                [
+                    (
+                        start + i % MINUTE,
+                        value,
+                        users[i] if users is not None else f"user-{i}",
+                        i,
+                        b"",
+                    )
+                    for i, value in enumerate(vals)
+                ]
+            )
+        )
     return ClosedWindow(campaign, event_type, start, start + MINUTE, agg)
 
 

@@ -1,6 +1,14 @@
+import asyncio
 import random
+from collections.abc import Iterator
+from typing import Any
 
-from ingest.loadgen import LoadPlan, build_batches
+import pytest
+
+from ingest import loadgen
+from ingest.loadgen import EVENT_MIX, LoadPlan, LoadReport, build_batches
+from protos.analytics.v1 import analytics_pb2 as pb
+from pulse.cli import build_parser, main
 from pulse.timeutil import now_ms
 from pulse.validation import Limits, check_event
 
@@ -15,3 +23,128 @@ def test_batches_hold_exactly_the_planned_valid_events() -> None:
     now = now_ms()
     assert all(check_event(e, now, Limits()) is None for e in events)
     assert {e.event_type for e in events} == {"impression", "click", "conversion"}
+
+
+def test_event_type_replaces_the_mix() -> None:
+    plan = LoadPlan(
+        events=3000, campaigns=1, campaign_prefix="campaign", seed=9, event_types=("click",)
+    )
+    events = [e for b in build_batches(plan, 3000, 0, random.Random(9)) for e in b.events]
+    assert len(events) == 3000
+    assert {e.event_type for e in events} == {"click"}
+    assert {e.campaign_id for e in events} == {"campaign-000"}
+    now = now_ms()
+    assert all(check_event(e, now, Limits()) is None for e in events)
+
+
+def test_several_event_types_are_drawn_evenly() -> None:
+    plan = LoadPlan(events=4000, seed=2, event_types=("click", "conversion"))
+    events = [e for b in build_batches(plan, 4000, 0, random.Random(2)) for e in b.events]
+    clicks = sum(e.event_type == "click" for e in events)
+    assert {e.event_type for e in events} == {"click", "conversion"}
+    assert 1700 < clicks < 2300
+
+
+def test_default_mix_is_mostly_impressions() -> None:
+    plan = LoadPlan(events=10_000, seed=4)
+    events = [e for b in build_batches(plan, 10_000, 0, random.Random(4)) for e in b.events]
+    share = {t: sum(e.event_type == t for e in events) / len(events) for t, _ in EVENT_MIX}
+    assert 0.77 < share["impression"] < 0.83
+    assert 0.12 < share["click"] < 0.18
+    assert 0.03 < share["conversion"] < 0.07
+
+
+@pytest.mark.parametrize(
+    "changes", [{"events_per_call": 0}, {"batch_size": 0}, {"campaigns": 0}, {"event_types": ("",)}]
+)
+def test_plan_rejects_values_that_cannot_work(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="must"):
+        LoadPlan(events=10, **changes)
+
+
+def test_load_calls_carry_events_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    class FakeClient:
+        def __init__(self, target: str, batch_size: int) -> None:
+            pass
+
+        async def __aenter__(self) -> "FakeClient":
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+        async def ingest_batches(self, batches: Iterator[pb.EventBatch]) -> pb.IngestResponse:
+            n = sum(len(b.events) for b in batches)
+            calls.append(n)
+            return pb.IngestResponse(accepted=n)
+
+    monkeypatch.setattr(loadgen, "PulseClient", FakeClient)
+    plan = LoadPlan(events=2500, events_per_call=1000, event_types=("click",))
+    report = asyncio.run(loadgen.run_load("unused:1", plan, progress=False))
+    assert calls == [1000, 1000, 500]
+    assert (report.sent, report.accepted, report.rejected) == (2500, 2500, 0)
+
+
+def test_cli_load_options_reach_the_plan(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plans: list[LoadPlan] = []
+
+    async def fake_run_load(target: str, plan: LoadPlan, progress: bool = True) -> LoadReport:
+        plans.append(plan)
+        return LoadReport(plan.events, plan.events, 0, 1.0)
+
+    monkeypatch.setattr(loadgen, "run_load", fake_run_load)
+    main(
+        [
+            "load",
+            "--events",
+            "3000",
+            "--campaigns",
+            "1",
+            "--events-per-call",
+            "1000",
+            "--event-type",
+            "click",
+            "--quiet",
+        ]
+    )
+    assert plans == [
+        LoadPlan(events=3000, campaigns=1, events_per_call=1000, event_types=("click",))
+    ]
+    assert "sent 3,000" in capsys.readouterr().out
+
+    main(["load", "-n", "0", "--event-type", "click", "--event-type", "impression", "-q"])
+    forever = plans.pop()
+    assert (forever.events, forever.event_types) == (0, ("click", "impression"))
+    assert forever.events_per_call == 50_000
+
+    main(["load", "-n", "10", "-q"])
+    assert plans.pop().event_types == ()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["load", "--events-per-call", "0"],
+        ["load", "--events-per-call", "many"],
+        ["notifications", "--max", "0"],
+        ["notifications", "--timeout", "-1"],
+    ],
+)
+def test_cli_rejects_bad_options(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert "error: argument" in capsys.readouterr().err
+
+
+def test_cli_notifications_options() -> None:
+    args = build_parser().parse_args(
+        ["notifications", "--from-beginning", "--json", "--max", "2", "--timeout", "1.5"]
+    )
+    assert (args.from_beginning, args.json, args.max, args.timeout) == (True, True, 2, 1.5)
+    args = build_parser().parse_args(["notifications"])
+    assert (args.from_beginning, args.json, args.max, args.timeout) == (False, False, None, None)

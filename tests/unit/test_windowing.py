@@ -6,7 +6,7 @@ import random
 import pytest
 
 from pulse.aggregation import MetricRow
-from pulse.preagg import BatchAggregator, PartitionChunk
+from pulse.preagg import PartitionChunk, Record, heartbeat_record, preaggregate
 from pulse.windowing import PartitionWindows, StepOutput
 from tests.reference import Bucket, Ev, windows_reference
 
@@ -20,14 +20,19 @@ def chunks(records: list[Ev], cut: int) -> list[PartitionChunk]:
     """Pre-aggregate one partition's records in batches of `cut`."""
     out = []
     for i in range(0, len(records), cut):
-        agg = BatchAggregator(records[0].partition, MINUTE, LATENESS, IDLE)
-        for r in records[i : i + cut]:
-            if r.heartbeat is not None:
-                agg.heartbeat(r.heartbeat)
-            else:
-                agg.event(r.campaign, r.event_type, r.ts, r.value, r.user, r.offset, b"raw")
-        out.append(agg.finish())
+        batch = [
+            heartbeat_record(r.heartbeat, r.offset)
+            if r.heartbeat is not None
+            else (r.campaign, r.event_type, r.ts, r.value, r.user, r.offset, b"raw")
+            for r in records[i : i + cut]
+        ]
+        out.append(preaggregate(records[0].partition, batch, MINUTE, LATENESS, IDLE))
     return out
+
+
+def one(*records: Record) -> PartitionChunk:
+    """One batch of partition 0."""
+    return preaggregate(0, list(records), MINUTE, LATENESS, IDLE)
 
 
 class Table:
@@ -135,39 +140,31 @@ def test_rows_of_a_window_grow_then_close_once_and_carry_sketches_when_closed() 
 
 def test_a_heartbeat_closes_the_windows_of_a_quiet_campaign() -> None:
     state = PartitionWindows(0, MINUTE, LATENESS, IDLE)
-    agg = BatchAggregator(0, MINUTE, LATENESS, IDLE)
-    agg.event("quiet", "click", T0 + 5_000, 1.0, "u1", 0, b"a")
-    first = state.apply(agg.finish())
+    first = state.apply(one(("quiet", "click", T0 + 5_000, 1.0, "u1", 0, b"a")))
     assert [r.closed for r in first.rows] == [False]
     # Wall time reaches the window's end plus the idle timeout: the window closes.
-    agg = BatchAggregator(0, MINUTE, LATENESS, IDLE)
-    agg.heartbeat(T0 + MINUTE + IDLE - 1)
-    assert state.apply(agg.finish()).rows == []
-    agg = BatchAggregator(0, MINUTE, LATENESS, IDLE)
-    agg.heartbeat(T0 + MINUTE + IDLE)
-    closing = state.apply(agg.finish())
+    assert state.apply(one(heartbeat_record(T0 + MINUTE + IDLE - 1, 1))).rows == []
+    closing = state.apply(one(heartbeat_record(T0 + MINUTE + IDLE, 2)))
     assert [(r.event_count, r.closed) for r in closing.rows] == [(1, True)]
     assert state.open_window_count == 0
     assert state.campaign_count == 0  # forgotten: the heartbeat floor covers it now
     # A straggler for that window is late: it never reopens it.
-    agg = BatchAggregator(0, MINUTE, LATENESS, IDLE)
-    agg.event("quiet", "click", T0 + 6_000, 1.0, "u1", 1, b"b")
-    after = state.apply(agg.finish())
+    after = state.apply(one(("quiet", "click", T0 + 6_000, 1.0, "u1", 3, b"b")))
     assert after.rows == []
-    assert [(e.offset, e.bucket_start_ms) for e in after.late] == [(1, T0)]
+    assert [(e.offset, e.bucket_start_ms) for e in after.late] == [(3, T0)]
 
 
 def test_event_time_alone_closes_windows_and_late_events_never_reopen_them() -> None:
     state = PartitionWindows(0, MINUTE, LATENESS, IDLE)
-    agg = BatchAggregator(0, MINUTE, LATENESS, IDLE)
-    agg.event("c", "click", T0 + 1_000, 2.0, "", 0, b"a")
-    agg.event("c", "click", T0 + MINUTE + LATENESS, 3.0, "", 1, b"b")  # watermark = T0 + 60 s
-    step = state.apply(agg.finish())
+    step = state.apply(
+        one(
+            ("c", "click", T0 + 1_000, 2.0, "", 0, b"a"),
+            ("c", "click", T0 + MINUTE + LATENESS, 3.0, "", 1, b"b"),  # watermark T0 + 60 s
+        )
+    )
     closed = [r for r in step.rows if r.closed]
     assert [(r.bucket_start_ms, r.event_count, r.value_sum) for r in closed] == [(T0, 1, 2.0)]
-    agg = BatchAggregator(0, MINUTE, LATENESS, IDLE)
-    agg.event("c", "click", T0 + 2_000, 4.0, "", 2, b"c")
-    step = state.apply(agg.finish())
+    step = state.apply(one(("c", "click", T0 + 2_000, 4.0, "", 2, b"c")))
     assert step.rows == []
     assert [e.offset for e in step.late] == [2]
     assert step.late[0].raw == b"c"
@@ -197,11 +194,11 @@ def test_a_resumed_snapshot_continues_exactly_like_the_uninterrupted_state() -> 
 
 def test_hourly_rollups_merge_the_closed_windows_of_the_hour() -> None:
     state = PartitionWindows(0, MINUTE, LATENESS, IDLE)
-    agg = BatchAggregator(0, MINUTE, LATENESS, IDLE)
-    for i in range(30):  # one event a minute for 30 minutes, user u0..u9 repeating
-        agg.event("c", "view", T0 + i * MINUTE + 1, float(i), f"u{i % 10}", i, b"x")
-    agg.heartbeat(T0 + 3 * 3_600_000)
-    step = state.apply(agg.finish())
+    # One event a minute for 30 minutes, users u0..u9 repeating, then a heartbeat hours on.
+    records: list[Record] = [
+        ("c", "view", T0 + i * MINUTE + 1, float(i), f"u{i % 10}", i, b"x") for i in range(30)
+    ]
+    step = state.apply(one(*records, heartbeat_record(T0 + 3 * 3_600_000, 30)))
     hour = T0 - T0 % 3_600_000
     by_key = {(r.resolution.value, r.bucket_start_ms): r for r in step.rollups}
     hours = sorted(k for k in by_key if k[0] == "hour")
