@@ -13,6 +13,7 @@ offset order, and its heartbeats reach every campaign in it. Sources and sinks a
 parameters, so tests run the same flow on `TestingSource` and `TestingSink`.
 """
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -49,6 +50,7 @@ class FlowConfig:
     late_topic: str
     dlq_topic: str
     rules: tuple[Rule, ...] = ()
+    refresh_ms: float = 0  # rows of open windows and rollups at most this often (0: always)
 
 
 class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSnapshot]):
@@ -59,7 +61,12 @@ class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSna
         self._state: PartitionWindows | None = None
         if resume is not None:
             self._state = PartitionWindows.restore(
-                resume, config.window_ms, config.lateness_ms, config.idle_ms, self._alerts
+                resume,
+                config.window_ms,
+                config.lateness_ms,
+                config.idle_ms,
+                self._alerts,
+                refresh_ms=config.refresh_ms,
             )
 
     def _alerts(self, saved: Any) -> AlertEngine | None:
@@ -79,10 +86,12 @@ class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSna
                 config.lateness_ms,
                 config.idle_ms,
                 self._alerts(None),
+                refresh_ms=config.refresh_ms,
             )
         out: list[StoreItem] = []
+        now_ms = time.monotonic() * 1000  # paces progress rows only; results never see it
         for chunk in values:
-            step = self._state.apply(chunk)
+            step = self._state.apply(chunk, now_ms)
             out += step.rows
             out += step.rollups
             out += step.late
@@ -93,6 +102,14 @@ class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSna
             for alert in step.alerts:
                 metrics.ALERTS.labels(alert.rule, alert.state.value).inc()
         return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[StoreItem], bool]:
+        """The input ended (a non-tailing run): write the progress rows still pending."""
+        if self._state is None:
+            return [], StatefulBatchLogic.RETAIN
+        rows: list[StoreItem] = [*self._state.take_progress_rows()]
+        rows += self._state.take_rollup_rows()
+        return rows, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> PartitionSnapshot:
         assert self._state is not None  # a snapshot follows at least one batch

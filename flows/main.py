@@ -50,6 +50,7 @@ def flow_from_settings(s: FlowSettings) -> Dataflow:
         late_topic=s.topic_late,
         dlq_topic=s.topic_dlq,
         rules=_rules(s),
+        refresh_ms=s.refresh_interval_seconds * 1000,
     )
 
     def written(table: str, rows: int) -> None:

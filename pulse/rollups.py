@@ -67,21 +67,23 @@ class Rollups:
     """Hour and day accumulators of one partition's campaigns, fed with closed windows.
 
     An accumulator lives until its campaign's watermark passes the bucket's end: until
-    then another window of that hour or day may still close and merge into it.
+    then another window of that hour or day may still close and merge into it. Changed
+    accumulators are remembered until their rows are taken, so a caller may refresh rows
+    less often than windows close; an expiring accumulator always yields its final row.
     """
 
-    __slots__ = ("_acc",)
+    __slots__ = ("_acc", "_dirty")
 
     def __init__(self) -> None:
         # campaign -> (resolution, event type, bucket start) -> accumulator
         self._acc: dict[str, dict[tuple[Resolution, str, int], _Accumulator]] = {}
+        self._dirty: dict[tuple[str, Resolution, str, int], None] = {}  # an ordered set
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._acc.values())
 
-    def add(self, closed: list[ClosedWindow]) -> list[RollupRow]:
-        """Merge closed windows (in close order) into their hour and day; return new rows."""
-        rows: dict[tuple[Resolution, str, str, int], RollupRow] = {}
+    def add(self, closed: list[ClosedWindow]) -> None:
+        """Merge closed windows (in close order) into their hour and day."""
         for window in closed:
             if not window.agg.count:
                 continue
@@ -95,20 +97,35 @@ class Rollups:
                 acc.count += window.agg.count
                 acc.users.update(window.agg.users)
                 acc.values.merge(window.agg.values)
-                rows[(resolution, window.campaign_id, window.event_type, start)] = _row(
-                    resolution, window.campaign_id, window.event_type, start, acc
-                )
-        return list(rows.values())
+                self._dirty[(window.campaign_id, *key)] = None
 
-    def expire(self, campaign_id: str, watermark_ms: int) -> None:
-        """Forget the campaign's buckets that ended at or before its watermark."""
+    def take_rows(self) -> list[RollupRow]:
+        """Rows of every accumulator changed since the last call."""
+        rows = [
+            _row(res, campaign, event_type, start, self._acc[campaign][(res, event_type, start)])
+            for campaign, res, event_type, start in self._dirty
+        ]
+        self._dirty.clear()
+        return rows
+
+    def expire(self, campaign_id: str, watermark_ms: int) -> list[RollupRow]:
+        """Forget the campaign's buckets that ended at or before its watermark.
+
+        Returns the final rows of those that changed since their rows were last taken.
+        """
         per_campaign = self._acc.get(campaign_id)
         if per_campaign is None:
-            return
+            return []
+        rows = []
         for key in [k for k in per_campaign if k[2] + ROLLUP_MS[k[0]] <= watermark_ms]:
-            del per_campaign[key]
+            acc = per_campaign.pop(key)
+            dirty = (campaign_id, *key)
+            if dirty in self._dirty:
+                del self._dirty[dirty]
+                rows.append(_row(key[0], campaign_id, key[1], key[2], acc))
         if not per_campaign:
             del self._acc[campaign_id]
+        return rows
 
     def campaigns(self) -> list[str]:
         return list(self._acc)
@@ -139,6 +156,7 @@ class Rollups:
             acc.users.update(sketches.hll_from(users))
             acc.values = sketches.kll_from(values)
             rollups._acc.setdefault(campaign, {})[(res, event_type, start)] = acc
+            rollups._dirty[(campaign, res, event_type, start)] = None  # rows may be unwritten
         return rollups
 
 

@@ -97,6 +97,9 @@ class FlowSettings(CommonSettings):
     idle_timeout_seconds: int = Field(
         30, ge=1, description="windows close at the latest this long after their end (heartbeats)"
     )
+    refresh_interval_seconds: float = Field(
+        1.0, ge=0, description="how often rows of still-open windows are refreshed"
+    )
     alert_rules: str = Field("", description="path of the alert rules file (TOML); empty: none")
     recovery_dir: str = Field("", description="Bytewax recovery store; empty: no recovery")
     recovery_partitions: int = Field(1, ge=1, le=1024, description="recovery store partitions")

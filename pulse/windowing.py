@@ -68,8 +68,14 @@ class PartitionWindows:
         lateness_ms: int,
         idle_ms: int,
         alerts: AlertEvaluator | None = None,
+        *,
+        refresh_ms: float = 0,
     ) -> None:
         self.partition = partition
+        self._refresh_ms = refresh_ms
+        self._refreshed_at = float("-inf")
+        # Open windows changed since their rows were last emitted.
+        self._pending: dict[tuple[str, str, int], WindowAggregate] = {}
         self._window_ms = window_ms
         self._lateness_ms = lateness_ms
         self._idle_ms = idle_ms
@@ -100,11 +106,15 @@ class PartitionWindows:
 
     # -- the step -------------------------------------------------------------------
 
-    def apply(self, chunk: PartitionChunk) -> StepOutput:
-        """Merge one pre-aggregated batch; close what its watermarks passed."""
-        out = StepOutput()
-        touched = self._merge(chunk, out)
+    def apply(self, chunk: PartitionChunk, now_ms: float = 0) -> StepOutput:
+        """Merge one pre-aggregated batch; close what its watermarks passed.
 
+        Closed windows always yield their final rows. Rows of open windows and of
+        rollups, which only show progress, are refreshed at most every `refresh_ms`
+        of `now_ms` (a monotonic clock of the caller's; it never affects results).
+        """
+        out = StepOutput()
+        self._pending.update(self._merge(chunk, out))
         for campaign, seen in chunk.max_event_ms.items():
             if seen > self._max_event_ms.get(campaign, NO_TIME):
                 self._max_event_ms[campaign] = seen
@@ -115,24 +125,34 @@ class PartitionWindows:
         candidates = list(self._open) if heartbeat_moved else list(chunk.max_event_ms)
         closed = self._close(candidates)
         for window in closed:
-            touched.pop((window.campaign_id, window.event_type, window.start_ms), None)
-        out.rows = [
-            agg.row(campaign, event_type, start, closed=False)
-            for (campaign, event_type, start), agg in touched.items()
-        ]
-        out.rows += [
-            w.agg.row(w.campaign_id, w.event_type, w.start_ms, closed=True) for w in closed
-        ]
+            self._pending.pop((window.campaign_id, window.event_type, window.start_ms), None)
+        out.rows = [w.agg.row(w.campaign_id, w.event_type, w.start_ms, closed=True) for w in closed]
         out.closed = len(closed)
-        out.rollups = self._rollups.add(closed)
+        self._rollups.add(closed)
         if self._alerts is not None and closed:
             out.alerts = self._alerts.on_closed(closed)
+        expiring = list(self._rollups.campaigns()) if heartbeat_moved else list(chunk.max_event_ms)
+        for campaign in expiring:
+            out.rollups += self._rollups.expire(campaign, self.watermark(campaign))
         if heartbeat_moved:
-            self._expire()
-        else:
-            for campaign in chunk.max_event_ms:
-                self._rollups.expire(campaign, self.watermark(campaign))
+            self._forget_campaigns()
+        if now_ms - self._refreshed_at >= self._refresh_ms:
+            out.rows += self.take_progress_rows()
+            out.rollups += self._rollups.take_rows()
+            self._refreshed_at = now_ms
         return out
+
+    def take_progress_rows(self) -> list[MetricRow]:
+        """Rows of the open windows changed since the last refresh (e.g. at end of input)."""
+        rows = [
+            agg.row(campaign, event_type, start, closed=False)
+            for (campaign, event_type, start), agg in self._pending.items()
+        ]
+        self._pending.clear()
+        return rows
+
+    def take_rollup_rows(self) -> list[RollupRow]:
+        return self._rollups.take_rows()
 
     def _merge(
         self, chunk: PartitionChunk, out: StepOutput
@@ -186,7 +206,7 @@ class PartitionWindows:
         closed.sort(key=lambda w: (w.end_ms, w.campaign_id, w.event_type))
         return closed
 
-    def _expire(self) -> None:
+    def _forget_campaigns(self) -> None:
         """Forget campaigns whose own watermark the heartbeats have overtaken.
 
         Their watermark equals the heartbeat floor from now on, with or without their
@@ -199,8 +219,6 @@ class PartitionWindows:
             if c not in self._open and seen - self._lateness_ms <= floor
         ]:
             del self._max_event_ms[campaign]
-        for campaign in self._rollups.campaigns():
-            self._rollups.expire(campaign, self.watermark(campaign))
 
     # -- recovery -------------------------------------------------------------------
 
@@ -226,10 +244,14 @@ class PartitionWindows:
         lateness_ms: int,
         idle_ms: int,
         make_alerts: Callable[[Any], AlertEvaluator | None] = lambda _snapshot: None,
+        *,
+        refresh_ms: float = 0,
     ) -> "PartitionWindows":
         """Rebuild a snapshot; `make_alerts` gets the alert state saved (None: start afresh)."""
         alerts = make_alerts(snapshot.alerts)
-        state = cls(snapshot.partition, window_ms, lateness_ms, idle_ms, alerts)
+        state = cls(
+            snapshot.partition, window_ms, lateness_ms, idle_ms, alerts, refresh_ms=refresh_ms
+        )
         state._heartbeat_ms = snapshot.heartbeat_ms
         state._max_event_ms = dict(snapshot.max_event_ms)
         for campaign, event_type, start, frozen in snapshot.open_windows:

@@ -212,3 +212,22 @@ def test_hourly_rollups_merge_the_closed_windows_of_the_hour() -> None:
     assert (day.event_count, day.unique_users) == (30, 10)
     assert day.value_p50 is not None
     assert abs(day.value_p50 - 14.5) <= 1.0
+
+
+def test_progress_rows_are_paced_but_closed_rows_are_immediate() -> None:
+    state = PartitionWindows(0, MINUTE, LATENESS, IDLE, refresh_ms=1000)
+    first = state.apply(one(("c", "view", T0 + 1, 1.0, "", 0, b"a")), now_ms=5_000)
+    assert [(r.event_count, r.closed) for r in first.rows] == [(1, False)]
+    # Within the refresh interval: progress is held back...
+    held = state.apply(one(("c", "view", T0 + 2, 1.0, "", 1, b"b")), now_ms=5_500)
+    assert held.rows == []
+    # ...but a window that closes is written at once, with its final values.
+    closing = state.apply(one(("c", "view", T0 + MINUTE + LATENESS, 1.0, "", 2, b"c")), 5_600)
+    assert [(r.bucket_start_ms, r.event_count, r.closed) for r in closing.rows] == [(T0, 2, True)]
+    assert [r.resolution.value for r in closing.rollups] == []  # rollup rows are paced too
+    later = state.apply(one(("c", "view", T0 + MINUTE + 11_000, 1.0, "", 3, b"d")), 6_000)
+    assert [(r.bucket_start_ms, r.event_count, r.closed) for r in later.rows] == [
+        (T0 + MINUTE, 2, False)
+    ]
+    assert sorted(r.resolution.value for r in later.rollups) == ["day", "hour"]
+    assert state.take_progress_rows() == []
