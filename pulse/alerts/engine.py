@@ -5,7 +5,7 @@ deterministic: the same sequence of `on_closed` calls yields the same alerts (wi
 same ids), which replays after a crash rely on. Time is event time only: window ends.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pulse.aggregation import ClosedWindow, FrozenAggregate, WindowAggregate
@@ -28,6 +28,12 @@ from pulse.windows import DAY_MS
 
 SeriesKey = tuple[str, str]  # (campaign_id, event_type)
 _PLAN_CACHE_LIMIT = 100_000
+# Sweeps free memory only. Whether a key's state has expired is decided on its own next
+# window (so the same in every replay, whatever other campaigns did); the sweep waits
+# this much longer, so it never drops state that decision would still keep, as long as
+# campaigns of one partition close windows within an hour of each other (heartbeats keep
+# them within minutes).
+_SWEEP_MARGIN_MS = 3_600_000
 _NO_BASELINE = Baseline()
 
 
@@ -120,7 +126,7 @@ class AlertEngine:
 
     def _sweep(self, now_ms: int) -> None:
         """Drops the state of series and campaigns without a window for the TTL."""
-        cutoff_ms = now_ms - self._ttl_ms
+        cutoff_ms = now_ms - self._ttl_ms - _SWEEP_MARGIN_MS
         for key in [k for k, s in self._series.items() if s.last_end_ms <= cutoff_ms]:
             del self._series[key]
         for campaign in [c for c, end in self._campaigns.items() if end <= cutoff_ms]:
@@ -132,6 +138,12 @@ class AlertEngine:
             self._plans.clear()
         if len(self._ratio_plans) > _PLAN_CACHE_LIMIT:
             self._ratio_plans.clear()
+
+    def _forget(self, dead: Callable[[StateKey], bool], now_ms: int) -> None:
+        """Drops baselines and incidents of the state keys `dead` names."""
+        for state_key in [k for k in self._baselines if dead(k)]:
+            del self._baselines[state_key]
+        self._incidents.drop(dead, now_ms)
 
     def _alive(self, key: StateKey) -> bool:
         rule_name, campaign, event_type = key
@@ -165,6 +177,10 @@ class AlertEngine:
             return
         end = window.end_ms
         series = self._series.get(key)
+        if series is not None and end - series.last_end_ms > self._ttl_ms:
+            self._forget(lambda k: (k[1], k[2]) == key, end)  # silent beyond the TTL
+            del self._series[key]
+            series = None
         if series is None:
             series = self._series[key] = Series(end)
         elif end <= series.last_end_ms:
@@ -198,7 +214,10 @@ class AlertEngine:
         if not rules:
             return
         last = self._campaigns.get(campaign)
-        if last is not None and end <= last:
+        if last is not None and end - last > self._ttl_ms:
+            ratio_keys = {(r.name, campaign, r.label) for r in rules}
+            self._forget(ratio_keys.__contains__, end)  # silent beyond the TTL
+        elif last is not None and end <= last:
             return
         self._campaigns[campaign] = end
         for rule in rules:

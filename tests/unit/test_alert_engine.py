@@ -484,23 +484,29 @@ def test_restore_drops_the_state_of_removed_rules() -> None:
 
 
 def test_state_expires_after_the_ttl() -> None:
+    """A key silent for longer than the TTL starts afresh on its next window; sweeps that
+    free the memory of silent keys come an hour later and change no decision."""
     engine = make_engine(count_rule(), state_ttl_ms=10 * MINUTE)
     assert len(engine.on_closed([closed(0, count=150)])) == 1
-    feed(engine, counts([(m, 5) for m in range(1, 10)], campaign="c2"))
+    feed(engine, counts([(m, 5) for m in range(1, 11)], campaign="c2"))
     snap = engine.snapshot()
     assert [(s.campaign_id, s.last_end_ms) for s in snap.series] == [
         ("c1", T0 + MINUTE),
-        ("c2", T0 + 10 * MINUTE),
+        ("c2", T0 + 11 * MINUTE),
     ]
     assert [key for key, _ in snap.incidents] == [("flood", "c1", "click")]
 
-    feed(engine, counts([(10, 5)], campaign="c2"))  # c1: nothing for 10 minutes
+    # c1 was silent for 11 minutes: its open incident is forgotten, this is a new one.
+    events = engine.on_closed([closed(12, count=150)])
+    assert brief(events) == [(FIRING, "flood", "c1", "click", 12, 13, 150.0, 100.0)]
+
+    # An hour and ten minutes after c1's last window, the sweep frees its state.
+    feed(engine, counts([(m, 5) for m in range(13, 82)], campaign="c2"))
+    assert sorted(s.campaign_id for s in engine.snapshot().series) == ["c1", "c2"]
+    feed(engine, counts([(82, 5)], campaign="c2"))
     snap = engine.snapshot()
     assert [s.campaign_id for s in snap.series] == ["c2"]
     assert snap.incidents == ()
-
-    events = engine.on_closed([closed(12, count=150)])  # a new incident, not the old one
-    assert brief(events) == [(FIRING, "flood", "c1", "click", 12, 13, 150.0, 100.0)]
 
 
 def test_rules_must_fit_the_base_window() -> None:
