@@ -14,7 +14,7 @@ parameters, so tests run the same flow on `TestingSource` and `TestingSink`.
 """
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -56,8 +56,11 @@ class FlowConfig:
 class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSnapshot]):
     """Bytewax shell around the pure `PartitionWindows` of one source partition."""
 
-    def __init__(self, config: FlowConfig, resume: PartitionSnapshot | None) -> None:
+    def __init__(
+        self, config: FlowConfig, resume: PartitionSnapshot | None, clock: Callable[[], float]
+    ) -> None:
         self._config = config
+        self._clock = clock
         self._state: PartitionWindows | None = None
         if resume is not None:
             self._state = PartitionWindows.restore(
@@ -89,7 +92,7 @@ class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSna
                 refresh_ms=config.refresh_ms,
             )
         out: list[StoreItem] = []
-        now_ms = time.monotonic() * 1000  # paces progress rows only; results never see it
+        now_ms = self._clock() * 1000  # paces progress rows only; results never see it
         for chunk in values:
             step = self._state.apply(chunk, now_ms)
             out += step.rows
@@ -136,8 +139,12 @@ def build_flow(
     store_sink: Sink[StoreItem],
     side_sink: Sink[SideRecord],
     notification_sink: Sink[AlertEvent],
+    clock: Callable[[], float] = time.monotonic,
 ) -> Dataflow:
-    """Wire the aggregation dataflow between the given source and sinks."""
+    """Wire the aggregation dataflow between the given source and sinks.
+
+    `clock` (seconds) only paces the progress rows of open windows.
+    """
     TumblingWindows(config.window_ms)  # validates the length before anything runs
     decoder = Decoder(config.window_ms, config.lateness_ms, config.idle_ms, config.dlq_topic)
     flow = Dataflow(flow_id)
@@ -147,7 +154,9 @@ def build_flow(
     dead = op.inspect("count_dead", split.trues, lambda _s, _d: metrics.DEAD_LETTERS.inc())
     chunks: op.KeyedStream[PartitionChunk] = split.falses  # type: ignore[assignment]
 
-    windowed = op.stateful_batch("windows", chunks, lambda resume: _PartitionLogic(config, resume))
+    windowed = op.stateful_batch(
+        "windows", chunks, lambda resume: _PartitionLogic(config, resume, clock)
+    )
     results = op.map("drop_key", windowed, lambda kv: kv[1])
     op.output("timescale_out", results, store_sink)
 

@@ -2,14 +2,20 @@
 
 import dataclasses
 import random
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from bytewax.testing import (
+    TestingSink,
+    TestingSource,
+    TimeTestingGetter,
+    cluster_main,
+    run_main,
+)
 from confluent_kafka import Message
 
 from flows.aggregate import FlowConfig, build_flow
@@ -376,6 +382,47 @@ def test_recovery_resumes_exactly_after_crashes(tmp_path: Path) -> None:
     assert out.late_counts() == {k: b.late for k, b in buckets.items() if b.late}
     # Replays re-emit some late records; the side sink drops what it already wrote.
     assert sorted(set((r.source_partition, r.source_offset) for r in out.side)) == sorted(late)
+
+
+def test_the_clock_paces_progress_rows_and_never_changes_results() -> None:
+    """Driven by Bytewax's `TimeTestingGetter`: frozen, or jumping 2 s at every batch."""
+    records = stream(seed=5, n=3000)
+    items = [to_message(e) for e in records]
+    paced = dataclasses.replace(CONFIG, refresh_ms=1000)
+    frozen = TimeTestingGetter(datetime(2026, 1, 1, tzinfo=UTC))
+    moving = TimeTestingGetter(datetime(2026, 1, 1, tzinfo=UTC))
+
+    def jumping() -> float:
+        moving.advance(timedelta(seconds=2))
+        return moving.get().timestamp()
+
+    runs = {}
+    for name, config, clock in [
+        ("every batch", CONFIG, lambda: frozen.get().timestamp()),
+        ("frozen clock", paced, lambda: frozen.get().timestamp()),
+        ("moving clock", paced, jumping),
+    ]:
+        out = Outputs()
+        flow = build_flow(
+            "test_flow",
+            config,
+            TestingSource(items, 50),
+            store_sink=TestingSink(out.store),
+            side_sink=TestingSink(out.side),
+            notification_sink=TestingSink(out.notifications),
+            clock=clock,
+        )
+        run_main(flow)
+        runs[name] = out
+    progress = {
+        name: sum(1 for r in out.store if isinstance(r, MetricRow) and not r.closed)
+        for name, out in runs.items()
+    }
+    # A frozen clock refreshes once (the first batch) and at the end of the input.
+    assert progress["frozen clock"] < progress["moving clock"] == progress["every batch"]
+    tables = [got_rows(out.rows()) for out in runs.values()]
+    assert tables[0] == tables[1] == tables[2]
+    assert [r.closed for r in runs["frozen clock"].rows().values()].count(True) > 0
 
 
 def test_the_deployable_flow_builds_from_settings_alone() -> None:
