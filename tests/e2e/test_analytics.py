@@ -246,9 +246,11 @@ def run_scenario(pipeline: Pipeline, plan: Plan) -> None:
         return accepted
 
     crasher = threading.Thread(target=crash)
+    started = time.monotonic()
     crasher.start()
     accepted = asyncio.run(send())
     crasher.join()
+    sent_s = time.monotonic() - started
     total = plan.calls * plan.per_call
     assert accepted == total >= 200_000
     assert len(kills) == plan.kills
@@ -266,6 +268,12 @@ def run_scenario(pipeline: Pipeline, plan: Plan) -> None:
         time.sleep(1)
         got = stored(pipeline.dsn, plan.campaigns)
     assert {k: v[:8] for k, v in got.items()} == want
+    print(  # the figures, for `pytest -s`
+        f"\n{accepted:,} events accepted in {sent_s:.1f} s; SIGKILLs when "
+        + ", ".join(f"{seen:,} were counted after {calls} calls" for seen, calls in kills)
+        + f"; downtime {plan.downtime_s} s each; {len(got)} rows exact"
+        f" {time.monotonic() - started - sent_s:.1f} s after the last call"
+    )
 
     for key, row in got.items():
         b = buckets[key]
