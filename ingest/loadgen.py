@@ -23,11 +23,13 @@ class LoadPlan:
     `events_per_call` events go in one `IngestEventBatches` call; with a `rate`, the calls
     are spaced out, so a smaller value gives a steadier stream. `event_types`, when not
     empty, replaces the default mix (`EVENT_MIX`): each event draws one of them evenly.
+    Campaign ids are `campaign_prefix`-NNN for NNN from `first_campaign` on.
     """
 
     events: int
     campaigns: int = 20
     campaign_prefix: str = "campaign"
+    first_campaign: int = 0
     users: int = 10_000
     batch_size: int = 500
     events_per_call: int = 50_000
@@ -38,6 +40,9 @@ class LoadPlan:
     def __post_init__(self) -> None:
         if self.campaigns < 1 or self.batch_size < 1 or self.events_per_call < 1:
             msg = "campaigns, batch_size and events_per_call must be at least 1"
+            raise ValueError(msg)
+        if self.first_campaign < 0:
+            msg = "first_campaign must not be negative"
             raise ValueError(msg)
         if any(not t for t in self.event_types):
             msg = "event types must not be empty"
@@ -73,6 +78,8 @@ def build_batches(
     as building each `RawEvent` and appending a copy.
     """
     types = list(plan.event_types) or [name for name, weight in EVENT_MIX for _ in range(weight)]
+    first = plan.first_campaign
+    campaigns = [f"{plan.campaign_prefix}-{i:03d}" for i in range(first, first + plan.campaigns)]
     draw = rng.random
     now = now_ms()
     for start in range(first_id, first_id + count, plan.batch_size):
@@ -81,7 +88,7 @@ def build_batches(
         for i in range(start, min(start + plan.batch_size, first_id + count)):
             event_type = types[int(draw() * len(types))]
             event = add(
-                campaign_id=f"{plan.campaign_prefix}-{int(draw() * plan.campaigns):03d}",
+                campaign_id=campaigns[int(draw() * len(campaigns))],
                 event_type=event_type,
                 timestamp=now - int(draw() * 2000),
                 event_id=f"load-{plan.seed}-{i}",

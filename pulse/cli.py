@@ -54,6 +54,7 @@ def _load(args: argparse.Namespace) -> None:
         events=args.events,
         campaigns=args.campaigns,
         campaign_prefix=args.campaign_prefix,
+        first_campaign=args.first_campaign,
         batch_size=args.batch_size,
         rate=args.rate,
         seed=args.seed,
@@ -137,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--campaigns", type=int, default=20, help="distinct campaign ids")
     load.add_argument(
         "--campaign-prefix", default="campaign", help="campaign ids are PREFIX-000..."
+    )
+    load.add_argument(
+        "--first-campaign",
+        type=int,
+        default=0,
+        metavar="N",
+        help="number of the first campaign id (--campaigns 1 --first-campaign 7: PREFIX-007)",
     )
     load.add_argument("--batch-size", type=int, default=500, help="events per gRPC message")
     load.add_argument("--rate", type=float, default=0.0, help="events/s; 0 = as fast as possible")

@@ -13,6 +13,7 @@ RECOVERY_DIR="${PULSE_RECOVERY_DIR:-$ROOT/.data/recovery}"
 SPIKE_DELAY=25     # seconds between the start of the steady load and the click spike
 SPIKE_CLICKS=3000  # within a few seconds; click-flood fires above 750 clicks a minute
 say() { printf '\033[1m[run]\033[0m %s\n' "$*"; }
+thousands() { sed -E ':a; s/([0-9])([0-9]{3})($|,)/\1,\2\3/; ta' <<<"$1"; }
 
 stack_was_up=false
 status=$(bash scripts/stack.sh status 2>/dev/null || true)
@@ -48,7 +49,7 @@ flow_failed() {  # the dataflow is gone: show why, and what to do about an old r
   say "the dataflow stopped${1:+ (exit $1)}; the end of $LOGS/flow.log:"
   tail -n 20 "$LOGS/flow.log" | sed 's/^/    /'
   if [ "$resuming" = true ]; then
-    say "It resumed from the recovery store $RECOVERY_DIR. If that store is incompatible"
+    say "It was resuming from the recovery store $RECOVERY_DIR. If that store is incompatible"
     say "(written by another version of Pulse, or before the Kafka data was deleted),"
     say "delete it and run again:  rm -rf ${RECOVERY_DIR#"$ROOT"/}"
   fi
@@ -96,16 +97,34 @@ fi
   >"$LOGS/load.log" 2>&1 &
 pids+=($!)
 
-# A click spike on campaign-000, which also gets its share of the steady load's impressions
-# (the ctr-spike rule divides its clicks by them).
+# A click spike on one campaign of the steady load, which also sends that campaign the
+# impressions the ctr-spike rule divides its clicks by. campaign-000, unless the dataflow
+# resumed with an alert of that campaign still open or recent (a cooldown would hold a new
+# one back): then the first campaign without an alert in the last 6 minutes or open.
+spike_campaign() {
+  local n
+  n=$(psql "$PULSE_PG_DSN" -Atc "
+    SELECT i FROM generate_series(0, 19) AS i
+    WHERE NOT EXISTS (
+      SELECT 1 FROM alerts a
+      WHERE a.campaign_id = format('campaign-%s', to_char(i, 'FM000'))
+        AND (a.window_end > now() - interval '6 minutes'
+             OR (a.state = 'firing' AND NOT EXISTS (
+                   SELECT 1 FROM alerts r WHERE r.alert_id = a.alert_id AND r.state = 'resolved'))))
+    ORDER BY i LIMIT 1" 2>/dev/null) || true
+  echo "${n:-0}"
+}
 spike() {
-  local child="" sent_at closes
-  trap '[ -z "$child" ] || kill -TERM "$child" 2>/dev/null || true; exit 0' TERM
+  local child="" n sent_at closes
+  # Stopped by Ctrl-C or by cleanup(): stop the sleep or the load too (they ignore SIGINT).
+  trap '[ -z "$child" ] || { kill -TERM "$child"; wait "$child"; } 2>/dev/null || true; exit 0' \
+    INT TERM
   sleep "$SPIKE_DELAY" &
   child=$!
   wait "$child"
+  n=$(spike_campaign)
   sent_at=$(date +%s)
-  "$BIN/pulse" load --events "$SPIKE_CLICKS" --campaigns 1 --campaign-prefix campaign \
+  "$BIN/pulse" load --events "$SPIKE_CLICKS" --campaigns 1 --first-campaign "$n" \
     --event-type click --seed "$sent_at" --quiet >"$LOGS/spike.log" 2>&1 &
   child=$!
   if ! wait "$child"; then
@@ -114,9 +133,10 @@ spike() {
   fi
   # Its minute closes when the events reach its end plus the allowed lateness (10 s).
   closes=$(((sent_at / 60 + 1) * 60 + 10))
-  say "spike: $SPIKE_CLICKS clicks for campaign-000 at $(date -u -d "@$sent_at" +%T) UTC;" \
-      "alerts expected about $(date -u -d "@$closes" +%T) UTC," \
-      "their resolves about $(date -u -d "@$((closes + 120))" +%T) UTC"
+  say "spike: $(thousands "$SPIKE_CLICKS") clicks for $(printf 'campaign-%03d' "$n")" \
+      "at $(date -u -d "@$sent_at" +%T) UTC; alerts expected about" \
+      "$(date -u -d "@$closes" +%T) UTC, their resolves about" \
+      "$(date -u -d "@$((closes + 120))" +%T) UTC"
 }
 spike &
 pids+=($!)
@@ -131,11 +151,11 @@ cat <<MSG
 
   Pulse is running. A demo load keeps streaming 500 events/s over campaign-000..019.
 
-  Alerts (rules: ${ALERT_RULES#"$ROOT"/}): in about $SPIKE_DELAY s the demo sends $SPIKE_CLICKS clicks
-  to campaign-000 within seconds. Notifications from the Kafka topic '$topic' appear
-  here, prefixed [alert]: click-flood and ctr-spike FIRING about a minute after the spike
-  (once its minute has closed: the window end plus 10 s of allowed lateness), and
-  RESOLVED 2-3 minutes after that.
+  Alerts (rules: ${ALERT_RULES#"$ROOT"/}): in about $SPIKE_DELAY s the demo sends $(thousands "$SPIKE_CLICKS") clicks to
+  campaign-000 within a second (on a re-run, a campaign with no recent or open alert).
+  Notifications from the Kafka topic '$topic' appear here, prefixed [alert]:
+  click-flood and ctr-spike FIRING once the spike's minute has closed (its end plus 10 s
+  of allowed lateness: 10-70 s after the spike), RESOLVED 2 minutes later.
 
   Query the aggregates (in another shell, from this folder):
     eval "\$(bash scripts/stack.sh env)"

@@ -81,7 +81,8 @@ cmd_clean() {
   log "deleting data and logs of this checkout ($DATA_DIR)"
   kafka_clean
   pg_clean
-  rm -rf "$LOG_DIR"
+  # make run's dataflow state (its recovery store refers to the Kafka data just deleted)
+  rm -rf "$LOG_DIR" "$STACK_ROOT/.data/recovery" "$STACK_ROOT/.data/run"
 }
 
 main() {

@@ -37,6 +37,15 @@ def test_event_type_replaces_the_mix() -> None:
     assert all(check_event(e, now, Limits()) is None for e in events)
 
 
+def test_first_campaign_picks_the_campaign_ids() -> None:
+    plan = LoadPlan(events=500, campaigns=1, first_campaign=7, event_types=("click",))
+    events = [e for b in build_batches(plan, 500, 0, random.Random(1)) for e in b.events]
+    assert {e.campaign_id for e in events} == {"campaign-007"}
+    plan = LoadPlan(events=2000, campaigns=3, first_campaign=18)
+    events = [e for b in build_batches(plan, 2000, 0, random.Random(1)) for e in b.events]
+    assert {e.campaign_id for e in events} == {"campaign-018", "campaign-019", "campaign-020"}
+
+
 def test_several_event_types_are_drawn_evenly() -> None:
     plan = LoadPlan(events=4000, seed=2, event_types=("click", "conversion"))
     events = [e for b in build_batches(plan, 4000, 0, random.Random(2)) for e in b.events]
@@ -55,7 +64,14 @@ def test_default_mix_is_mostly_impressions() -> None:
 
 
 @pytest.mark.parametrize(
-    "changes", [{"events_per_call": 0}, {"batch_size": 0}, {"campaigns": 0}, {"event_types": ("",)}]
+    "changes",
+    [
+        {"events_per_call": 0},
+        {"batch_size": 0},
+        {"campaigns": 0},
+        {"first_campaign": -1},
+        {"event_types": ("",)},
+    ],
 )
 def test_plan_rejects_values_that_cannot_work(changes: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="must"):
@@ -104,6 +120,8 @@ def test_cli_load_options_reach_the_plan(
             "3000",
             "--campaigns",
             "1",
+            "--first-campaign",
+            "7",
             "--events-per-call",
             "1000",
             "--event-type",
@@ -112,7 +130,13 @@ def test_cli_load_options_reach_the_plan(
         ]
     )
     assert plans == [
-        LoadPlan(events=3000, campaigns=1, events_per_call=1000, event_types=("click",))
+        LoadPlan(
+            events=3000,
+            campaigns=1,
+            first_campaign=7,
+            events_per_call=1000,
+            event_types=("click",),
+        )
     ]
     assert "sent 3,000" in capsys.readouterr().out
 
