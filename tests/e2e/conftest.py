@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -107,15 +108,25 @@ class Pipeline:
         pytest.fail(f"ingest edge at {self.target} not SERVING after {timeout_s} s")
 
 
+@contextmanager
+def running(
+    stack: Stack, dsn: str, topics: Topics, workdir: Path, env: dict[str, str]
+) -> Iterator[Pipeline]:
+    """The edge and the dataflow, started, SERVING; stopped afterwards."""
+    started = Pipeline(stack, dsn, topics, workdir, env)
+    try:
+        started.start("serve")
+        started.start("flow")
+        started.wait_serving()
+        yield started
+    finally:
+        started.stop_all()
+
+
 @pytest.fixture
 def pipeline(stack: Stack, database: str, topics: Topics, tmp_path: Path) -> Iterator[Pipeline]:
     # Events up to an hour old still count as on time (the heartbeats' floor is an hour
     # behind), so these tests can place their events in whole past minutes.
-    running = Pipeline(stack, database, topics, tmp_path, {"PULSE_IDLE_TIMEOUT_SECONDS": "3600"})
-    try:
-        running.start("serve")
-        running.start("flow")
-        running.wait_serving()
-        yield running
-    finally:
-        running.stop_all()
+    env = {"PULSE_IDLE_TIMEOUT_SECONDS": "3600"}
+    with running(stack, database, topics, tmp_path, env) as started:
+        yield started

@@ -19,7 +19,7 @@ from typing import cast
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from ingest.client import PulseClient
 from protos.analytics.v1 import analytics_pb2 as pb
@@ -27,7 +27,8 @@ from pulse import sketches
 from pulse.timeutil import datetime_to_ms
 from sinks.kafka_outputs import from_notification
 from tests.conftest import Stack, Topics
-from tests.e2e.conftest import Pipeline
+from tests.e2e.conftest import Pipeline, running
+from tests.kafka import consume_all
 from tests.reference import Bucket, Ev, windows_reference
 
 WINDOW_S, LATENESS_S, IDLE_S = 10, 2, 5
@@ -55,14 +56,8 @@ def analytics(stack: Stack, database: str, topics: Topics, tmp_path: Path) -> It
         "PULSE_IDLE_TIMEOUT_SECONDS": str(IDLE_S),
         "PULSE_ALERT_RULES": str(rules),
     }
-    running = Pipeline(stack, database, topics, tmp_path, env)
-    try:
-        running.start("serve")
-        running.start("flow")
-        running.wait_serving()
-        yield running
-    finally:
-        running.stop_all()
+    with running(stack, database, topics, tmp_path, env) as started:
+        yield started
 
 
 @dataclass
@@ -104,31 +99,14 @@ def build_call(rng: random.Random, plan: Plan, call: int, first_id: int) -> list
     return events
 
 
-def records(bootstrap: str, topic: str) -> Iterator[tuple[int, Message]]:
-    """Every record of `topic` up to its current end, partition by partition."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused"})
-    try:
-        for p in range(PARTITIONS):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            consumer.assign([TopicPartition(topic, p, low)])
-            seen = 0
-            while seen < high - low:
-                for msg in consumer.consume(1000, timeout=1):
-                    seen += 1
-                    yield p, msg
-    finally:
-        consumer.close()
-
-
 def read_log(bootstrap: str, topic: str) -> list[Ev]:
     """The events and heartbeats of `topic` as the reference sees them (bad records skipped)."""
     out: list[Ev] = []
-    for p, msg in records(bootstrap, topic):
-        value, offset = msg.value() or b"", msg.offset() or 0
-        if msg.key() == b"":
-            out.append(Ev(p, offset, heartbeat=pb.Heartbeat.FromString(value).wall_time_ms))
-        elif msg.key() != b"junk":
-            e = pb.RawEvent.FromString(value)
+    for p, offset, key, value, _headers in consume_all(bootstrap, topic, PARTITIONS):
+        if key == b"":
+            out.append(Ev(p, offset, heartbeat=pb.Heartbeat.FromString(value or b"").wall_time_ms))
+        elif key != b"junk":
+            e = pb.RawEvent.FromString(value or b"")
             user = e.dimensions.get("user_id", "")
             out.append(Ev(p, offset, e.campaign_id, e.event_type, e.timestamp, e.value, user))
     return out
@@ -171,17 +149,14 @@ def within_rank(values: list[float], q: float, estimate: float | None) -> bool:
 
 def side_sources(bootstrap: str, topic: str) -> list[bytes]:
     """The `pulse.source` header of every record of a late or dead-letter topic."""
-    return [
-        dict(cast(list[tuple[str, bytes]], msg.headers() or []))["pulse.source"]
-        for _p, msg in records(bootstrap, topic)
-    ]
+    return [dict(h)["pulse.source"] for *_r, h in consume_all(bootstrap, topic, PARTITIONS)]
 
 
 def notifications(bootstrap: str, topic: str) -> list[tuple[str, str, int, float]]:
     out = []
-    for _p, msg in records(bootstrap, topic):
-        alert = from_notification(msg.value() or b"")
-        assert msg.key() == alert.alert_id.encode()
+    for _p, _o, key, value, _h in consume_all(bootstrap, topic, PARTITIONS):
+        alert = from_notification(value or b"")
+        assert key == alert.alert_id.encode()
         out.append((alert.alert_id, alert.state.value, alert.window_start_ms, alert.observed))
     return sorted(out, key=lambda a: (a[2], a[1]))
 

@@ -3,7 +3,6 @@
 import asyncio
 import uuid
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions  # type: ignore[attr-defined]
 from prometheus_client import REGISTRY
 
@@ -12,6 +11,7 @@ from ingest.producer import KafkaEventProducer
 from protos.analytics.v1 import analytics_pb2 as pb
 from sinks.topics import ensure_topics
 from tests.conftest import Stack
+from tests.kafka import consume_all
 
 SOURCE = "edge@test-host:50051"
 
@@ -31,35 +31,13 @@ class FakeClock:
 
 def read_heartbeats(bootstrap: str, topic: str, partitions: int) -> dict[int, list[int]]:
     """Wall times per partition, in offset order; checks key, header and source."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "unused",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     out: dict[int, list[int]] = {p: [] for p in range(partitions)}
-    at_end: set[int] = set()
-    for _ in range(200):
-        for msg in consumer.consume(1000, timeout=0.1):
-            partition = msg.partition() or 0
-            error = msg.error()
-            if error is not None:
-                assert not error.fatal(), error  # transient ones are retried by librdkafka
-                if error.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(partition)
-                continue
-            at_end.discard(partition)
-            assert msg.key() == b""
-            assert msg.headers() == [("pulse.kind", b"heartbeat")]
-            beat = pb.Heartbeat.FromString(msg.value() or b"")
-            assert beat.source == SOURCE
-            out[partition].append(beat.wall_time_ms)
-        if len(at_end) == partitions:
-            break
-    consumer.close()
+    for partition, _offset, key, value, headers in consume_all(bootstrap, topic, partitions):
+        assert key == b""
+        assert headers == [("pulse.kind", b"heartbeat")]
+        beat = pb.Heartbeat.FromString(value or b"")
+        assert beat.source == SOURCE
+        out[partition].append(beat.wall_time_ms)
     return out
 
 

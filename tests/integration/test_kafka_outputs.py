@@ -4,7 +4,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.alerts.model import AlertEvent, AlertState
@@ -18,40 +18,7 @@ from sinks.kafka_outputs import (
 )
 from sinks.topics import ensure_topics, read_last_records
 from tests.conftest import Stack, Topics
-
-Record = tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes]]]
-
-
-def consume_all(bootstrap: str, topic: str, partitions: int) -> list[Record]:
-    """Every record of the topic as (partition, offset, key, value, headers)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "unused",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out: list[Record] = []
-    at_end: set[int] = set()
-    for _ in range(200):
-        for msg in consumer.consume(1000, timeout=0.1):
-            error = msg.error()
-            if error is not None:
-                assert not error.fatal(), error  # transient ones are retried by librdkafka
-                if error.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition() or 0)
-                continue
-            at_end.discard(msg.partition() or 0)
-            raw = msg.headers() or []
-            assert isinstance(raw, list)
-            headers = [(k, v if isinstance(v, bytes) else b"") for k, v in raw]
-            out.append((msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(), headers))
-        if len(at_end) == partitions:
-            break
-    consumer.close()
-    return out
+from tests.kafka import Record, consume_all
 
 
 def counter() -> tuple[list[int], Callable[[int], None]]:
