@@ -29,7 +29,7 @@ from pulse.aggregation import LateEvent
 from pulse.alerts.engine import AlertEngine
 from pulse.alerts.model import AlertEvent
 from pulse.alerts.rules import Rule
-from pulse.preagg import PartitionChunk
+from pulse.preagg import NO_TIME, PartitionChunk
 from pulse.windowing import PartitionSnapshot, PartitionWindows
 from pulse.windows import TumblingWindows
 from sinks.kafka_outputs import SideRecord
@@ -104,6 +104,9 @@ class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSna
             metrics.WINDOWS_CLOSED.inc(step.closed)
             for alert in step.alerts:
                 metrics.ALERTS.labels(alert.rule, alert.state.value).inc()
+        watermark_ms = self._state.max_watermark_ms
+        if watermark_ms != NO_TIME:
+            metrics.set_watermark(self._state.partition, watermark_ms / 1000)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[StoreItem], bool]:

@@ -7,6 +7,7 @@ Run with `pulse flow`, or as a Bytewax cluster:
 
 import logging
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,12 +20,14 @@ from pulse import settings as settings_mod
 from pulse.alerts.rules import Rule, load_rules
 from pulse.errors import ConfigError
 from pulse.settings import FlowSettings
+from sinks.health import HealthServer, kafka_admin, kafka_check, postgres_check
 from sinks.kafka_outputs import NotificationSink, SideOutputSink
 from sinks.timescale_writer import TimescaleSink
 
 from . import metrics
 from .aggregate import FlowConfig, build_flow
 from .kafka_source import MessageKafkaSource
+from .metered_sink import MeteredSink
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +59,19 @@ def flow_from_settings(s: FlowSettings) -> Dataflow:
     def written(table: str, rows: int) -> None:
         metrics.ROWS_WRITTEN.labels(table).inc(rows)
 
-    store = TimescaleSink(s.pg_dsn.get_secret_value(), s.topic_raw, on_written=written)
-    side = SideOutputSink(s.kafka_bootstrap, [s.topic_late, s.topic_dlq])
-    notifications = NotificationSink(s.kafka_bootstrap, s.topic_notifications)
+    def retried() -> None:
+        metrics.SINK_ERRORS.labels("timescale").inc()
+
+    store = MeteredSink(
+        TimescaleSink(
+            s.pg_dsn.get_secret_value(), s.topic_raw, on_written=written, on_retry=retried
+        ),
+        "timescale",
+    )
+    side = MeteredSink(SideOutputSink(s.kafka_bootstrap, [s.topic_late, s.topic_dlq]), "side")
+    notifications = MeteredSink(
+        NotificationSink(s.kafka_bootstrap, s.topic_notifications), "notifications"
+    )
     return build_flow(
         "pulse_aggregate",
         config,
@@ -100,13 +113,33 @@ def recovery(s: FlowSettings) -> RecoveryConfig | None:
     return RecoveryConfig(path, backup)  # type: ignore[no-untyped-call]
 
 
+def start_health(s: FlowSettings, started: float) -> HealthServer | None:
+    """/healthz and /readyz (Kafka, TimescaleDB) from daemon threads; None if disabled."""
+    if not s.health_port:
+        return None
+    checks = {
+        "kafka": kafka_check(kafka_admin(s.kafka_bootstrap), s.topic_raw),
+        "postgres": postgres_check(s.pg_dsn.get_secret_value()),
+    }
+    return HealthServer(s.health_host, s.health_port, checks, started=started).start()
+
+
 def run(s: FlowSettings) -> None:
     """Run this process's workers until the input ends or the process is stopped."""
+    started = time.monotonic()
     flow = flow_from_settings(s)
     enable_api(s)
-    cli_main(  # type: ignore[no-untyped-call]
-        flow,
-        workers_per_process=s.workers,
-        epoch_interval=timedelta(seconds=s.snapshot_interval_seconds),
-        recovery_config=recovery(s),
-    )
+    health_server = start_health(s, started)
+    try:
+        cli_main(  # type: ignore[no-untyped-call]
+            flow,
+            workers_per_process=s.workers,
+            epoch_interval=timedelta(seconds=s.snapshot_interval_seconds),
+            recovery_config=recovery(s),
+        )
+    except Exception as exc:  # logged once, in the configured format, with its traceback
+        log.exception("dataflow stopped: %s", exc)
+        raise SystemExit(1) from None
+    finally:
+        if health_server is not None:
+            health_server.close()

@@ -1,6 +1,14 @@
-"""Prometheus metrics of the dataflow, served by Bytewax's API beside its own."""
+"""Prometheus metrics of the dataflow, served by Bytewax's API beside its own.
 
-from prometheus_client import Counter
+Bytewax's API (`PULSE_API_PORT`) serves prometheus_client's default registry, so these
+appear on its /metrics next to Bytewax's own metrics and `bytewax_kafka_consumer_lag`
+(per partition, from librdkafka's statistics in `flows/kafka_source.py`). Labels are
+low-cardinality: Kafka partitions, tables, sinks, alert rules; never campaign ids.
+"""
+
+import time
+
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_PROCESSED = Counter("pulse_flow_events_processed_total", "Events folded into windows")
 LATE_EVENTS = Counter("pulse_flow_late_events_total", "Events behind the watermark")
@@ -11,3 +19,38 @@ ALERTS = Counter("pulse_flow_alerts_total", "Alert transitions emitted", ["rule"
 ROWS_WRITTEN = Counter(
     "pulse_flow_sink_rows_written_total", "Rows written to TimescaleDB", ["table"]
 )
+WATERMARK_LAG = Gauge(
+    "pulse_flow_watermark_lag_seconds",
+    "Wall clock minus the most advanced campaign watermark of the Kafka partition",
+    ["partition"],
+)
+SINK_SECONDS = Histogram(
+    "pulse_flow_sink_batch_duration_seconds",
+    "Time to write one batch to a sink (retries included)",
+    ["sink"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SINK_ERRORS = Counter(
+    "pulse_flow_sink_errors_total",
+    "Failed sink writes (TimescaleDB attempts that are retried included)",
+    ["sink"],
+)
+
+SINKS = ("timescale", "side", "notifications")
+for _sink in SINKS:  # exposed from the start, at 0
+    SINK_ERRORS.labels(_sink)
+
+_watermarks: dict[str, float] = {}  # partition -> watermark, Unix seconds
+
+
+def set_watermark(partition: int, watermark_s: float) -> None:
+    """Record a partition's watermark; its lag is computed when scraped.
+
+    Computing at scrape time keeps the lag honest when the flow stalls: it grows
+    with the wall clock even while no batch arrives.
+    """
+    key = str(partition)
+    known = key in _watermarks
+    _watermarks[key] = watermark_s
+    if not known:
+        WATERMARK_LAG.labels(key).set_function(lambda: time.time() - _watermarks[key])

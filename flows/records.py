@@ -63,8 +63,14 @@ class Decoder:
             if error is not None:
                 # A consumer error is not a record (no bytes, no offset): it cannot be
                 # dead-lettered. librdkafka retries transient ones itself.
+                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
                 log.warning(
-                    "Kafka consumer error on %s[%s]: %s", msg.topic(), msg.partition(), error
+                    "Kafka consumer error at %s[%s]@%s: %s",
+                    topic,
+                    partition,
+                    offset,
+                    error,
+                    extra={"topic": topic, "partition": partition, "offset": offset},
                 )
                 metrics.CONSUMER_ERRORS.inc()
                 continue

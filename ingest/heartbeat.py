@@ -18,7 +18,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.timeutil import now_ms
@@ -92,11 +92,14 @@ class HeartbeatWriter:
                         problem,
                     )
 
-    def _on_delivery(self, err: KafkaError | None, _msg: object) -> None:
+    def _on_delivery(self, err: KafkaError | None, msg: Message | None) -> None:
         if err is None:
             self._outcome(True, 1)
         else:
-            self._outcome(False, 1, f"Kafka did not acknowledge a heartbeat: {err.str()}")
+            where = self._topic if msg is None else f"{msg.topic()}[{msg.partition()}]"
+            self._outcome(
+                False, 1, f"Kafka did not acknowledge a heartbeat to {where}: {err.str()}"
+            )
 
     def refresh_partitions(self) -> None:
         """Look the topic's partitions up (blocking: call it in a thread)."""

@@ -1,6 +1,13 @@
-"""Prometheus metrics of the ingest edge (names follow Prometheus conventions)."""
+"""Prometheus metrics of the ingest edge (names follow Prometheus conventions).
 
-from prometheus_client import Counter, Histogram
+Served on `PULSE_METRICS_PORT` by prometheus_client. Labels are low-cardinality:
+rejection reasons, and registered gRPC methods with their status codes; never
+campaign ids.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from pulse.validation import Reason
 
 EVENTS_RECEIVED = Counter("pulse_ingest_events_received_total", "Events received over gRPC")
 EVENTS_ACCEPTED = Counter(
@@ -29,3 +36,20 @@ HEARTBEAT_FAILURES = Counter(
     "pulse_ingest_heartbeat_failures_total",
     "Heartbeat records Kafka refused or did not acknowledge, and failed partition lookups",
 )
+
+# Per gRPC call (ingest/interceptors.py); `method` is a registered method's full name.
+GRPC_INFLIGHT = Gauge(
+    "pulse_ingest_grpc_inflight_requests", "gRPC calls being handled now", ["method"]
+)
+GRPC_HANDLED = Counter(
+    "pulse_ingest_grpc_handled_total", "gRPC calls completed, by status code", ["method", "code"]
+)
+GRPC_SECONDS = Histogram(
+    "pulse_ingest_grpc_request_duration_seconds",
+    "Time from the start of a gRPC call to its status (streaming calls included)",
+    ["method"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+
+for _reason in Reason:  # every reason is exposed from the start, at 0
+    EVENTS_REJECTED.labels(_reason.name.lower())

@@ -141,15 +141,6 @@ class KafkaEventProducer:
         await delivery.add(records)
         await delivery.acknowledged()
 
-    def ping(self, timeout_s: float = 2.0) -> bool:
-        """True when the broker answers a metadata request for our topic."""
-        try:
-            metadata = self.raw_producer.list_topics(self.topic, timeout=timeout_s)
-        except KafkaException:
-            return False
-        topic = metadata.topics.get(self.topic)
-        return topic is not None and topic.error is None
-
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the poll thread, then flush outstanding records (callbacks on one thread)."""
         self._stop.set()

@@ -4,6 +4,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -12,11 +14,14 @@ from prometheus_client import start_http_server
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
+from pulse.health import CheckResult
 from pulse.settings import IngestSettings
 from pulse.timeutil import now_ms
+from sinks.health import HealthServer, kafka_check, postgres_check
 from sinks.timescale_reader import TimescaleMetricsReader
 
 from .heartbeat import HeartbeatWriter, edge_source
+from .interceptors import MetricsInterceptor
 from .producer import KafkaEventProducer
 from .servicer import AnalyticsServicer
 
@@ -27,19 +32,26 @@ HEALTH_INTERVAL_S = 5.0
 
 
 async def _watch_health(
-    producer: KafkaEventProducer, health_servicer: health.aio.HealthServicer
+    check_kafka: Callable[[], CheckResult], health_servicer: health.aio.HealthServicer
 ) -> None:
-    """SERVING while Kafka answers metadata requests, NOT_SERVING otherwise."""
+    """SERVING while Kafka answers metadata requests (/readyz's Kafka check), else NOT_SERVING.
+
+    Ingest needs Kafka only, so the TimescaleDB check of /readyz does not count here.
+    """
     last = None
     while True:
-        ok = await asyncio.to_thread(producer.ping)
+        result = await asyncio.to_thread(check_kafka)
+        ok = result.status == "ok"
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if ok
             else (health_pb2.HealthCheckResponse.NOT_SERVING)
         )
         if status != last:
-            log.info("health: %s", "SERVING" if ok else "NOT_SERVING (Kafka unreachable)")
+            if ok:
+                log.info("health: SERVING")
+            else:
+                log.warning("health: NOT_SERVING (Kafka: %s)", result.reason)
             await health_servicer.set("", status)
             await health_servicer.set(SERVICE_NAME, status)
             last = status
@@ -53,6 +65,7 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 async def serve(settings: IngestSettings) -> None:
     """Run the gRPC server until SIGINT/SIGTERM, then drain and close."""
+    started = time.monotonic()
     producer = KafkaEventProducer(
         settings.kafka_bootstrap, settings.topic_raw, settings.produce_timeout_seconds
     )
@@ -62,10 +75,11 @@ async def serve(settings: IngestSettings) -> None:
         producer, reader, settings.limits(), settings.max_batch_events, now_ms
     )
     server = grpc.aio.server(
+        interceptors=[MetricsInterceptor()],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-        ]
+        ],
     )
     pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -79,8 +93,18 @@ async def serve(settings: IngestSettings) -> None:
     server.add_insecure_port(address)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.grpc_host)
+    check_kafka = kafka_check(producer.raw_producer, settings.topic_raw)
+    health_server = None
+    if settings.health_port:
+        checks = {
+            "kafka": check_kafka,
+            "postgres": postgres_check(settings.pg_dsn.get_secret_value()),
+        }
+        health_server = HealthServer(
+            settings.health_host, settings.health_port, checks, started=started
+        ).start()
     await server.start()
-    watcher = asyncio.create_task(_watch_health(producer, health_servicer))
+    watcher = asyncio.create_task(_watch_health(check_kafka, health_servicer))
     heartbeats = None
     if settings.heartbeat_interval_seconds > 0:
         heartbeats = HeartbeatWriter(
@@ -113,3 +137,5 @@ async def serve(settings: IngestSettings) -> None:
             await heartbeat_task
     await asyncio.to_thread(producer.close)
     await reader.close()
+    if health_server is not None:
+        health_server.close()

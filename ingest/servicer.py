@@ -25,6 +25,12 @@ DELIVERY_EVENTS = 1000  # events whose Kafka acknowledgements are awaited togeth
 MAX_INFLIGHT_EVENTS = 20_000  # events awaiting Kafka acknowledgement per call (backpressure)
 
 
+def _log_rpc_error(method: str, context: Context, problem: str) -> None:
+    """A failed call, with its RPC method and peer (also as JSON fields)."""
+    peer = context.peer()
+    log.warning("%s from %s: %s", method, peer, problem, extra={"rpc_method": method, "peer": peer})
+
+
 class _BatchTooLargeError(PulseError):
     """An EventBatch over the size limit (ends the call with INVALID_ARGUMENT)."""
 
@@ -74,7 +80,8 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self, request_iterator: AsyncIterator[pb.RawEvent], context: Context
     ) -> pb.IngestResponse:
         # Each event is produced as soon as it arrives: a slow stream never holds events back.
-        return await self._ingest(([event] async for event in request_iterator), context)
+        batches = ([event] async for event in request_iterator)
+        return await self._ingest("IngestEvents", batches, context)
 
     async def IngestEventBatches(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.EventBatch], context: Context
@@ -85,10 +92,10 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     raise _BatchTooLargeError(len(batch.events), self._max_batch_events)
                 yield batch.events
 
-        return await self._ingest(batches(), context)
+        return await self._ingest("IngestEventBatches", batches(), context)
 
     async def _ingest(
-        self, batches: AsyncIterator[Sequence[pb.RawEvent]], context: Context
+        self, method: str, batches: AsyncIterator[Sequence[pb.RawEvent]], context: Context
     ) -> pb.IngestResponse:
         response = pb.IngestResponse()
         inflight: deque[tuple[asyncio.Task[float], int]] = deque()
@@ -145,6 +152,12 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 f"{too_large}; the {response.accepted} events before it were accepted",
             )
         if failures:
+            _log_rpc_error(
+                method,
+                context,
+                f"UNAVAILABLE, {response.accepted} of {index - response.dropped} valid events "
+                f"acknowledged: {failures[0]}",
+            )
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 f"Kafka did not acknowledge all events ({response.accepted} of "
@@ -222,5 +235,5 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     closed=row.closed,
                 )
         except SinkError as exc:
-            log.warning("QueryMetrics from %s failed: %s", context.peer(), exc)
+            _log_rpc_error("QueryMetrics", context, f"the metrics store failed: {exc}")
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the metrics store is unavailable")

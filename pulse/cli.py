@@ -7,14 +7,15 @@ import sys
 
 from pulse import settings as settings_mod
 from pulse.errors import PulseError
-from pulse.logs import configure
+from pulse.logs import configure, log_config
 
 
 def _serve(_args: argparse.Namespace) -> None:
     from ingest.server import serve
 
     s = settings_mod.load(settings_mod.IngestSettings)
-    configure(s.log_level)
+    configure(s.log_level, s.log_format)
+    log_config(logging.getLogger("pulse.serve"), s)
     asyncio.run(serve(s))
 
 
@@ -22,7 +23,8 @@ def _flow(_args: argparse.Namespace) -> None:
     from flows.main import run
 
     s = settings_mod.load(settings_mod.FlowSettings)
-    configure(s.log_level)
+    configure(s.log_level, s.log_format)
+    log_config(logging.getLogger("pulse.flow"), s)
     if s.starting_offset == "end" and not s.recovery_dir:
         logging.getLogger("pulse.flow").warning(
             "PULSE_STARTING_OFFSET=end: without a recovery store, events produced while the "
@@ -36,7 +38,8 @@ def _migrate(_args: argparse.Namespace) -> None:
     from sinks.topics import ensure_topics
 
     s = settings_mod.load(settings_mod.CommonSettings)
-    configure(s.log_level)
+    configure(s.log_level, s.log_format)
+    log_config(logging.getLogger("pulse.migrate"), s)
     applied = migrate(s.pg_dsn.get_secret_value())
     created = ensure_topics(
         s.kafka_bootstrap,
@@ -71,7 +74,7 @@ def _notifications(args: argparse.Namespace) -> None:
     from sinks.notification_tail import NotificationTail, format_json, format_line
 
     s = settings_mod.load(settings_mod.CommonSettings)
-    configure(s.log_level)
+    configure(s.log_level, s.log_format)
     render = format_json if args.json else format_line
     try:
         with NotificationTail(

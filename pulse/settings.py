@@ -3,7 +3,8 @@
 Only composition roots call `load()`; everything else takes plain constructor arguments.
 """
 
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,6 +14,8 @@ from pulse.validation import Limits
 from pulse.windows import DAY_MS
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["text", "json"]
+REDACTED = "**********"  # how SecretStr shows a secret
 
 
 class CommonSettings(BaseSettings):
@@ -34,6 +37,12 @@ class CommonSettings(BaseSettings):
     topic_partitions: int = Field(4, ge=1, le=1024, description="partitions per created topic")
     window_seconds: int = Field(60, ge=1, le=86_400, description="tumbling window length")
     log_level: LogLevel = Field("INFO", description="log level")
+    log_format: LogFormat = Field(
+        "text", description="log lines as `text`, or `json` (one JSON object per line)"
+    )
+    health_host: str = Field(
+        "127.0.0.1", description="address the /healthz and /readyz HTTP server binds"
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -80,6 +89,9 @@ class IngestSettings(CommonSettings):
     heartbeat_interval_seconds: float = Field(
         1.0, ge=0, description="heartbeat records into every events partition; 0 disables"
     )
+    health_port: int = Field(
+        8081, ge=0, le=65_535, description="HTTP /healthz and /readyz port; 0 disables"
+    )
 
     def limits(self) -> Limits:
         return Limits(
@@ -116,6 +128,9 @@ class FlowSettings(CommonSettings):
     tail: bool = Field(True, description="keep waiting for new events at the end of the topic")
     api_port: int = Field(3030, ge=1, le=65_535, description="Bytewax API and /metrics port")
     workers: int = Field(1, ge=1, le=64, description="worker threads in this process")
+    health_port: int = Field(
+        8082, ge=0, le=65_535, description="HTTP /healthz and /readyz port; 0 disables"
+    )
 
     @model_validator(mode="after")
     def _check_idle(self) -> "FlowSettings":
@@ -126,6 +141,38 @@ class FlowSettings(CommonSettings):
 
 
 S = TypeVar("S", bound=BaseSettings)
+
+
+def redact_dsn(dsn: str) -> str:
+    """The connection URI with its password (in the authority or the query) masked."""
+    try:
+        parts = urlsplit(dsn)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hosts = netloc.rpartition("@")
+            user, has_password, _password = userinfo.partition(":")
+            netloc = f"{user}:{REDACTED}@{hosts}" if has_password else netloc
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            masked = [(k, REDACTED if k.lower() == "password" else v) for k, v in pairs]
+            query = urlencode(masked, safe="*")
+        return parts._replace(netloc=netloc, query=query).geturl()
+    except ValueError:
+        return REDACTED  # unparsable: show nothing of it
+
+
+def effective_config(settings: BaseSettings) -> dict[str, Any]:
+    """The settings as loaded, safe to log: secrets masked, DSN passwords redacted."""
+    config: dict[str, Any] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            is_dsn = secret.startswith(("postgresql://", "postgres://"))
+            value = redact_dsn(secret) if is_dsn else REDACTED
+        config[name] = value
+    return config
 
 
 def load(settings_type: type[S]) -> S:

@@ -97,6 +97,13 @@ class PartitionWindows:
         return max(seen - self._lateness_ms, floor)
 
     @property
+    def max_watermark_ms(self) -> int:
+        """The most advanced campaign watermark of the partition (NO_TIME before any)."""
+        floor = self._heartbeat_ms - self._idle_ms if self._heartbeat_ms != NO_TIME else NO_TIME
+        seen = max(self._max_event_ms.values(), default=NO_TIME)
+        return floor if seen == NO_TIME else max(seen - self._lateness_ms, floor)
+
+    @property
     def open_window_count(self) -> int:
         return sum(len(w) for w in self._open.values())
 

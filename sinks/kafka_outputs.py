@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from google.protobuf.message import DecodeError
 
 from protos.analytics.v1 import analytics_pb2 as pb
@@ -90,9 +90,10 @@ class _Writer:
             return
         failures: list[str] = []
 
-        def on_delivery(err: KafkaError | None, _msg: object) -> None:
+        def on_delivery(err: KafkaError | None, msg: Message | None) -> None:
             if err is not None:
-                failures.append(err.str())
+                where = "" if msg is None else f"{msg.topic()}[{msg.partition()}]: "
+                failures.append(f"{where}{err.str()}")
 
         deadline = time.monotonic() + self._flush_timeout_s
         produce = self._producer.produce

@@ -280,6 +280,22 @@ def plan(items: Sequence[StoreItem], source_topic: str) -> list[Statement]:
     return statements
 
 
+def batch_origin(items: Sequence[StoreItem], source_topic: str) -> str:
+    """Where a batch came from, for errors: `topic[partition]@first-last` of its late
+    events; window rows, rollups and alerts aggregate many offsets, so only the topic."""
+    spans: dict[int, tuple[int, int]] = {}
+    for item in items:
+        if isinstance(item, LateEvent):
+            low, high = spans.get(item.partition, (item.offset, item.offset))
+            spans[item.partition] = (min(low, item.offset), max(high, item.offset))
+    if not spans:
+        return source_topic
+    return ", ".join(
+        f"{source_topic}[{p}]@{low}" if low == high else f"{source_topic}[{p}]@{low}-{high}"
+        for p, (low, high) in sorted(spans.items())
+    )
+
+
 class _Partition(StatelessSinkPartition[StoreItem]):
     def __init__(
         self,
@@ -287,11 +303,13 @@ class _Partition(StatelessSinkPartition[StoreItem]):
         source_topic: str,
         max_attempts: int,
         on_written: Callable[[str, int], None],
+        on_retry: Callable[[], None],
     ) -> None:
         self._dsn = dsn
         self._source_topic = source_topic
         self._max_attempts = max_attempts
         self._on_written = on_written
+        self._on_retry = on_retry
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
@@ -315,15 +333,24 @@ class _Partition(StatelessSinkPartition[StoreItem]):
             except psycopg.OperationalError as exc:
                 if self._conn is not None:
                     self._conn.close()
+                origin = batch_origin(items, self._source_topic)
                 if attempt == self._max_attempts:
-                    msg = f"writing a batch of {len(items)} items to TimescaleDB failed: {exc}"
+                    msg = (
+                        f"writing a batch of {len(items)} items to TimescaleDB failed "
+                        f"(from {origin}): {exc}"
+                    )
                     raise SinkError(msg) from exc
+                self._on_retry()
                 delay = min(0.5 * 2**attempt, 10.0)
                 log.warning(
-                    "TimescaleDB write failed (attempt %d), retrying in %.1f s: %s",
+                    "TimescaleDB write failed (attempt %d), retrying in %.1f s: %s "
+                    "(%d items from %s)",
                     attempt,
                     delay,
                     exc,
+                    len(items),
+                    origin,
+                    extra={"topic": self._source_topic},
                 )
                 time.sleep(delay)
             else:
@@ -342,6 +369,7 @@ class TimescaleSink(DynamicSink[StoreItem]):
     `on_written(kind, rows)` is called after each commit, per kind in the batch
     ("metrics", "late", "rollups", "alerts"), with the number of rows sent (repeats within
     the batch dropped; rows the database kept unchanged as stale or replayed included).
+    `on_retry()` is called after each failed attempt that is retried.
     """
 
     def __init__(
@@ -350,11 +378,15 @@ class TimescaleSink(DynamicSink[StoreItem]):
         source_topic: str,
         max_attempts: int = 6,
         on_written: Callable[[str, int], None] | None = None,
+        on_retry: Callable[[], None] | None = None,
     ) -> None:
         self._dsn = dsn
         self._source_topic = source_topic
         self._max_attempts = max_attempts
         self._on_written = on_written or (lambda _kind, _rows: None)
+        self._on_retry = on_retry or (lambda: None)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
-        return _Partition(self._dsn, self._source_topic, self._max_attempts, self._on_written)
+        return _Partition(
+            self._dsn, self._source_topic, self._max_attempts, self._on_written, self._on_retry
+        )

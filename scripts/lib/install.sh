@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Installation: Debian packages, TimescaleDB (built from Debian trixie's source
-# package against PostgreSQL 15) and the Kafka broker jars (via Maven).
+# Installation: Debian packages (PostgreSQL, kcat, Prometheus and promtool for the
+# metrics tests), TimescaleDB (built from Debian trixie's source package against
+# PostgreSQL 15) and the Kafka broker jars (via Maven).
 # Sourced by scripts/stack.sh after common.sh.
 
 PG_MAJOR=15
@@ -19,6 +20,9 @@ TRIXIE_SRC_LIST=/etc/apt/sources.list.d/pulse-trixie-src.sources
 APT_PACKAGES=(
   "postgresql-$PG_MAJOR" "postgresql-client-$PG_MAJOR"
   kcat
+  # Prometheus server and promtool: the metrics tests run their own server (never the
+  # package's service, see disable_prometheus_service)
+  prometheus
   # TimescaleDB build dependencies
   dpkg-dev cmake gcc make "postgresql-server-dev-$PG_MAJOR" libssl-dev libkrb5-dev
 )
@@ -35,6 +39,18 @@ apt_missing_packages() {
   for p in "${pkgs[@]}"; do
     grep -qx -- "$p" <<<"$installed" || printf '%s\n' "$p"
   done
+}
+
+# Debian's prometheus package enables and starts a system service (port 9090). Pulse
+# only needs the binaries: stop and disable the service right after installing it.
+disable_prometheus_service() {
+  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  elif [[ -x /etc/init.d/prometheus ]]; then
+    /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    command -v update-rc.d >/dev/null 2>&1 && { update-rc.d prometheus disable >/dev/null 2>&1 || true; }
+  fi
+  return 0
 }
 
 # ---- TimescaleDB -----------------------------------------------------------
@@ -225,6 +241,10 @@ stack_install() {
       apt-get -q -y -o DPkg::Lock::Timeout=600 install --no-install-recommends "${missing[@]}" \
         >"$CACHE_DIR/apt-install.log" 2>&1 </dev/null \
         || { tail -n 30 "$CACHE_DIR/apt-install.log" >&2; die "apt-get install failed (log: $CACHE_DIR/apt-install.log)"; }
+      if printf '%s\n' "${missing[@]}" | grep -qx prometheus; then
+        log "disabling the prometheus system service (only its binaries are used)"
+        disable_prometheus_service
+      fi
     fi
     if (( need_tsdb )); then
       mkdir -p "$TSDB_CACHE"
@@ -232,5 +252,5 @@ stack_install() {
     fi
   fi
   install_kafka_jars
-  log "installed: PostgreSQL $PG_MAJOR, TimescaleDB $(tsdb_installed_version), Kafka $KAFKA_VERSION, kcat"
+  log "installed: PostgreSQL $PG_MAJOR, TimescaleDB $(tsdb_installed_version), Kafka $KAFKA_VERSION, kcat, prometheus, promtool"
 }

@@ -58,15 +58,23 @@ class Pipeline:
             "PULSE_KAFKA_BATCH_SIZE": "500",
             **(extra_env or {}),
         }
+        # One variable, one port per process: each process gets its own free port,
+        # unless `extra_env` sets PULSE_HEALTH_PORT (for every process).
+        self.health_ports = {name: free_port() for name in ("serve", "flow")}
+        if "PULSE_HEALTH_PORT" in (extra_env or {}):
+            self.health_ports = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.starts = 0
 
     def start(self, name: str) -> None:
         self.starts += 1
         with (self.workdir / f"{name}-{self.starts}.log").open("wb") as log:
+            env = dict(self.env)
+            if name in self.health_ports:
+                env["PULSE_HEALTH_PORT"] = str(self.health_ports[name])
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "pulse", name],
-                env=self.env,
+                env=env,
                 stdout=log,
                 stderr=log,
                 cwd=self.workdir,

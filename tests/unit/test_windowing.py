@@ -6,7 +6,7 @@ import random
 import pytest
 
 from pulse.aggregation import MetricRow
-from pulse.preagg import PartitionChunk, Record, heartbeat_record, preaggregate
+from pulse.preagg import NO_TIME, PartitionChunk, Record, heartbeat_record, preaggregate
 from pulse.windowing import PartitionWindows, StepOutput
 from tests.reference import Bucket, Ev, windows_reference
 
@@ -231,3 +231,15 @@ def test_progress_rows_are_paced_but_closed_rows_are_immediate() -> None:
     ]
     assert sorted(r.resolution.value for r in later.rollups) == ["day", "hour"]
     assert state.take_progress_rows() == []
+
+
+def test_max_watermark_is_the_most_advanced_campaign_watermark() -> None:
+    state = PartitionWindows(0, MINUTE, LATENESS, IDLE)
+    assert state.max_watermark_ms == NO_TIME
+    state.apply(one(("a", "click", T0 + 5_000, 1.0, "", 0, b"a")))
+    state.apply(one(("b", "click", T0 + 20_000, 1.0, "", 1, b"b")))
+    assert state.max_watermark_ms == T0 + 20_000 - LATENESS
+    state.apply(one(heartbeat_record(T0 + 35_000, 2)))  # floor T0 + 5 s: events still ahead
+    assert state.max_watermark_ms == T0 + 20_000 - LATENESS
+    state.apply(one(heartbeat_record(T0 + 100_000, 3)))
+    assert state.max_watermark_ms == T0 + 100_000 - IDLE
