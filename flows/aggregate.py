@@ -8,6 +8,11 @@
                  |-> late events ---------------------------> side sink (events.late)
                  '-> alerts ---------------------------------> notification sink
 
+With a tracer, each batch of the window step is a span `aggregate partition N` linked to
+the edge's produce spans of its records (their `traceparent` headers, collected by the
+decoder), and it emits a `SpanMark` of that span after its rows: the TimescaleDB sink
+links its write span to it.
+
 The window state is keyed by source partition: the partition's records arrive in
 offset order, and its heartbeats reach every campaign in it. Sources and sinks are
 parameters, so tests run the same flow on `TestingSource` and `TestingSink`.
@@ -24,6 +29,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 from confluent_kafka import Message
+from opentelemetry.trace import Span, Tracer
 
 from pulse.aggregation import LateEvent
 from pulse.alerts.engine import AlertEngine
@@ -32,6 +38,7 @@ from pulse.alerts.rules import Rule
 from pulse.preagg import NO_TIME, PartitionChunk
 from pulse.windowing import PartitionSnapshot, PartitionWindows
 from pulse.windows import TumblingWindows
+from sinks import otel
 from sinks.kafka_outputs import SideRecord
 from sinks.timescale_writer import StoreItem
 
@@ -57,10 +64,15 @@ class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSna
     """Bytewax shell around the pure `PartitionWindows` of one source partition."""
 
     def __init__(
-        self, config: FlowConfig, resume: PartitionSnapshot | None, clock: Callable[[], float]
+        self,
+        config: FlowConfig,
+        resume: PartitionSnapshot | None,
+        clock: Callable[[], float],
+        tracer: Tracer | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
+        self._tracer = tracer
         self._state: PartitionWindows | None = None
         if resume is not None:
             self._state = PartitionWindows.restore(
@@ -92,6 +104,7 @@ class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSna
                 refresh_ms=config.refresh_ms,
             )
         out: list[StoreItem] = []
+        span = None if self._tracer is None else self._start_span(self._tracer, values)
         now_ms = self._clock() * 1000  # paces progress rows only; results never see it
         for chunk in values:
             step = self._state.apply(chunk, now_ms)
@@ -107,7 +120,26 @@ class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSna
         watermark_ms = self._state.max_watermark_ms
         if watermark_ms != NO_TIME:
             metrics.set_watermark(self._state.partition, watermark_ms / 1000)
+        if span is not None:
+            span.set_attribute("pulse.items", len(out))
+            span.end()
+            if out:  # the sink links its write span to this one
+                out.append(otel.SpanMark.of(span))
         return out, StatefulBatchLogic.RETAIN
+
+    def _start_span(self, tracer: Tracer, values: list[PartitionChunk]) -> Span:
+        parents: dict[bytes, None] = {}
+        for chunk in values:
+            parents.update(dict.fromkeys(chunk.trace_parents))
+        partition = values[0].partition
+        return tracer.start_span(
+            f"aggregate partition {partition}",
+            links=otel.links_to(parents),
+            attributes={
+                "messaging.destination.partition.id": str(partition),
+                "pulse.events": sum(chunk.event_count for chunk in values),
+            },
+        )
 
     def on_eof(self) -> tuple[Iterable[StoreItem], bool]:
         """The input ended (a non-tailing run): write the progress rows still pending."""
@@ -143,13 +175,21 @@ def build_flow(
     side_sink: Sink[SideRecord],
     notification_sink: Sink[AlertEvent],
     clock: Callable[[], float] = time.monotonic,
+    tracer: Tracer | None = None,
 ) -> Dataflow:
     """Wire the aggregation dataflow between the given source and sinks.
 
-    `clock` (seconds) only paces the progress rows of open windows.
+    `clock` (seconds) only paces the progress rows of open windows. With a `tracer`
+    the window step records spans (see the module doc); give the store sink the same one.
     """
     TumblingWindows(config.window_ms)  # validates the length before anything runs
-    decoder = Decoder(config.window_ms, config.lateness_ms, config.idle_ms, config.dlq_topic)
+    decoder = Decoder(
+        config.window_ms,
+        config.lateness_ms,
+        config.idle_ms,
+        config.dlq_topic,
+        trace=tracer is not None,
+    )
     flow = Dataflow(flow_id)
     records = op.input("kafka_in", flow, source)
     decoded = op.flat_map_batch("decode", records, decoder)
@@ -158,7 +198,7 @@ def build_flow(
     chunks: op.KeyedStream[PartitionChunk] = split.falses  # type: ignore[assignment]
 
     windowed = op.stateful_batch(
-        "windows", chunks, lambda resume: _PartitionLogic(config, resume, clock)
+        "windows", chunks, lambda resume: _PartitionLogic(config, resume, clock, tracer)
     )
     results = op.map("drop_key", windowed, lambda kv: kv[1])
     op.output("timescale_out", results, store_sink)

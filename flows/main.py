@@ -5,6 +5,7 @@ Run with `pulse flow`, or as a Bytewax cluster:
 (with `-r DIR -s SECONDS -b SECONDS` for recovery).
 """
 
+import atexit
 import logging
 import os
 import time
@@ -15,11 +16,13 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+from opentelemetry.trace import Tracer
 
 from pulse import settings as settings_mod
 from pulse.alerts.rules import Rule, load_rules
 from pulse.errors import ConfigError
 from pulse.settings import FlowSettings
+from sinks import otel
 from sinks.health import HealthServer, kafka_admin, kafka_check, postgres_check
 from sinks.kafka_outputs import NotificationSink, SideOutputSink
 from sinks.timescale_writer import TimescaleSink
@@ -36,7 +39,7 @@ def _rules(s: FlowSettings) -> tuple[Rule, ...]:
     return load_rules(s.alert_rules, s.window_seconds * 1000) if s.alert_rules else ()
 
 
-def flow_from_settings(s: FlowSettings) -> Dataflow:
+def flow_from_settings(s: FlowSettings, tracer: Tracer | None = None) -> Dataflow:
     brokers = s.kafka_bootstrap.split(",")
     source = MessageKafkaSource(
         brokers,
@@ -64,7 +67,11 @@ def flow_from_settings(s: FlowSettings) -> Dataflow:
 
     store = MeteredSink(
         TimescaleSink(
-            s.pg_dsn.get_secret_value(), s.topic_raw, on_written=written, on_retry=retried
+            s.pg_dsn.get_secret_value(),
+            s.topic_raw,
+            on_written=written,
+            on_retry=retried,
+            tracer=tracer,
         ),
         "timescale",
     )
@@ -79,12 +86,16 @@ def flow_from_settings(s: FlowSettings) -> Dataflow:
         store_sink=store,
         side_sink=side,
         notification_sink=notifications,
+        tracer=tracer,
     )
 
 
 def get_flow() -> Dataflow:
     """Entry point for `python -m bytewax.run "flows.main:get_flow()"`."""
-    return flow_from_settings(settings_mod.load(FlowSettings))
+    tracing = otel.setup(otel.FLOW_SERVICE)  # off unless an OTLP endpoint is set
+    if tracing.enabled:
+        atexit.register(tracing.shutdown)
+    return flow_from_settings(settings_mod.load(FlowSettings), tracing.tracer)
 
 
 def enable_api(s: FlowSettings) -> None:
@@ -127,7 +138,8 @@ def start_health(s: FlowSettings, started: float) -> HealthServer | None:
 def run(s: FlowSettings) -> None:
     """Run this process's workers until the input ends or the process is stopped."""
     started = time.monotonic()
-    flow = flow_from_settings(s)
+    tracing = otel.setup(otel.FLOW_SERVICE)  # off unless an OTLP endpoint is set
+    flow = flow_from_settings(s, tracing.tracer)
     enable_api(s)
     health_server = start_health(s, started)
     try:
@@ -143,3 +155,4 @@ def run(s: FlowSettings) -> None:
     finally:
         if health_server is not None:
             health_server.close()
+        tracing.shutdown()  # the last spans, bounded by a timeout

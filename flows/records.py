@@ -3,6 +3,10 @@
 One pass per batch: parse each `RawEvent`, check it with the edge's clock-free rules,
 and hand each partition's records to `preaggregate`. Heartbeats (empty key) advance the
 partition's clock. Anything else becomes a dead letter with its raw bytes.
+
+With `trace` set (tracing on), a second pass collects each partition's distinct
+`traceparent` header values (one per edge produce group, so few) into its chunk; without
+it no header is read.
 """
 
 import logging
@@ -24,10 +28,28 @@ log = logging.getLogger(__name__)
 DEFAULT_LIMITS = Limits()
 HEARTBEAT_KEY = b""
 USER_DIMENSION = "user_id"
+TRACEPARENT = "traceparent"
+MAX_TRACE_PARENTS = 128  # per chunk: the SDK keeps at most 128 links per span by default
 
 
 def source_header(topic: str, partition: int, offset: int) -> tuple[str, bytes]:
     return ("pulse.source", f"{topic}[{partition}]@{offset}".encode())
+
+
+def trace_parents(items: list[Message]) -> dict[int, tuple[bytes, ...]]:
+    """Per partition, the distinct `traceparent` header values, first seen first."""
+    seen: dict[int, dict[bytes, None]] = {}
+    for msg in items:
+        headers = msg.headers()  # a list of (key, value) pairs on consumed records
+        if not headers or isinstance(headers, dict):
+            continue
+        for key, value in headers:
+            if key == TRACEPARENT and isinstance(value, bytes):
+                values = seen.setdefault(msg.partition() or 0, {})
+                if len(values) < MAX_TRACE_PARENTS:
+                    values[value] = None
+                break
+    return {partition: tuple(values) for partition, values in seen.items()}
 
 
 def _dead(msg: Message, error: str, dlq_topic: str) -> SideRecord:
@@ -52,6 +74,7 @@ class Decoder:
     idle_ms: int
     dlq_topic: str
     limits: Limits = DEFAULT_LIMITS
+    trace: bool = False  # collect the records' `traceparent` headers into the chunks
 
     def __call__(self, items: list[Message]) -> list[tuple[str, PartitionChunk] | SideRecord]:
         partitions: dict[int, list[Record]] = {}
@@ -107,9 +130,16 @@ class Decoder:
             user = event.dimensions.get(USER_DIMENSION, "")
             records.append((campaign_id, event_type, ts, value, user, msg.offset() or 0, raw))
         window_ms, lateness_ms, idle_ms = self.window_ms, self.lateness_ms, self.idle_ms
-        out: list[tuple[str, PartitionChunk] | SideRecord] = [
-            (str(p), preaggregate(p, records, window_ms, lateness_ms, idle_ms))
+        chunks = [
+            preaggregate(p, records, window_ms, lateness_ms, idle_ms)
             for p, records in partitions.items()
+        ]
+        if self.trace:
+            parents = trace_parents(items)
+            for chunk in chunks:
+                chunk.trace_parents = parents.get(chunk.partition, ())
+        out: list[tuple[str, PartitionChunk] | SideRecord] = [
+            (str(chunk.partition), chunk) for chunk in chunks
         ]
         out.extend(dead)
         return out

@@ -6,6 +6,7 @@ that is what lets the edge report an event as accepted.
 """
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Sequence
@@ -31,14 +32,21 @@ class Delivery:
         "_delivered",
         "_error",
         "_future",
+        "_headers",
         "_loop",
         "_owner",
         "_produced",
         "_started",
     )
 
-    def __init__(self, owner: "KafkaEventProducer", loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        owner: "KafkaEventProducer",
+        loop: asyncio.AbstractEventLoop,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
         self._owner = owner
+        self._headers = headers
         self._loop = loop
         self._future: asyncio.Future[None] = loop.create_future()
         self._produced = 0
@@ -57,6 +65,8 @@ class Delivery:
         if self._error is not None:
             return  # the group has failed already; its caller will be told
         produce = self._owner.raw_producer.produce
+        if self._headers is not None:  # the same headers (trace context) on every record
+            produce = functools.partial(produce, headers=self._headers)
         topic = self._owner.topic
         callback = self._on_delivery
         for key, value in records:
@@ -131,9 +141,10 @@ class KafkaEventProducer:
         while not self._stop.is_set():
             self.raw_producer.poll(0.05)
 
-    def open(self) -> Delivery:
-        """Start a group of records acknowledged together (call on the event loop)."""
-        return Delivery(self, asyncio.get_running_loop())
+    def open(self, headers: list[tuple[str, str | bytes | None]] | None = None) -> Delivery:
+        """Start a group of records acknowledged together (call on the event loop);
+        `headers`, if any, are sent with each of its records."""
+        return Delivery(self, asyncio.get_running_loop(), headers)
 
     async def send(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Produce the records and wait until Kafka acknowledged all of them."""

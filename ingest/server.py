@@ -17,6 +17,7 @@ from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from pulse.health import CheckResult
 from pulse.settings import IngestSettings
 from pulse.timeutil import now_ms
+from sinks import otel
 from sinks.health import HealthServer, kafka_check, postgres_check
 from sinks.timescale_reader import TimescaleMetricsReader
 
@@ -66,16 +67,22 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 async def serve(settings: IngestSettings) -> None:
     """Run the gRPC server until SIGINT/SIGTERM, then drain and close."""
     started = time.monotonic()
+    tracing = otel.setup(otel.INGEST_SERVICE)  # off unless an OTLP endpoint is set
     producer = KafkaEventProducer(
         settings.kafka_bootstrap, settings.topic_raw, settings.produce_timeout_seconds
     )
     reader = TimescaleMetricsReader(settings.pg_dsn.get_secret_value())
     await reader.open()
     servicer = AnalyticsServicer(
-        producer, reader, settings.limits(), settings.max_batch_events, now_ms
+        producer,
+        reader,
+        settings.limits(),
+        settings.max_batch_events,
+        now_ms,
+        tracer=tracing.tracer,
     )
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor()],
+        interceptors=[MetricsInterceptor(tracing.tracer)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -139,3 +146,4 @@ async def serve(settings: IngestSettings) -> None:
     await reader.close()
     if health_server is not None:
         health_server.close()
+    await asyncio.to_thread(tracing.shutdown)  # the last spans, bounded by a timeout

@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from pulse.errors import KafkaDeliveryError, PulseError, QueryError, SinkError
 from pulse.query import MetricPointRow, MetricsQuery
 from pulse.validation import Limits, Reason, check_event
+from sinks import otel
 
 from . import metrics
 
@@ -50,7 +52,9 @@ class Delivery(Protocol):
 class EventProducer(Protocol):
     """Port to Kafka."""
 
-    def open(self) -> Delivery: ...
+    def open(self, headers: otel.KafkaHeaders | None = None) -> Delivery:
+        """A new group; `headers` (if any) go with each of its records."""
+        ...
 
 
 class MetricsReader(Protocol):
@@ -59,8 +63,41 @@ class MetricsReader(Protocol):
     def query(self, query: MetricsQuery) -> AsyncIterator[MetricPointRow]: ...
 
 
+class _TracedDelivery:
+    """A `Delivery` whose span ends once Kafka has answered for all of it."""
+
+    __slots__ = ("_inner", "_span")
+
+    def __init__(self, inner: Delivery, span: Span) -> None:
+        self._inner = inner
+        self._span = span
+
+    @property
+    def size(self) -> int:
+        return self._inner.size
+
+    async def add(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        await self._inner.add(records)
+
+    async def acknowledged(self) -> float:
+        span = self._span
+        try:
+            return await self._inner.acknowledged()
+        except KafkaDeliveryError as exc:
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            raise
+        finally:
+            span.set_attribute("messaging.batch.message_count", self._inner.size)
+            span.end()
+
+
 class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
-    """Ingest and query RPCs. Stateless apart from its adapters."""
+    """Ingest and query RPCs. Stateless apart from its adapters.
+
+    With a `tracer`, each group of records produced together (a `Delivery`) is a
+    PRODUCER span, a child of the current span (the RPC's, see `interceptors.py`), and
+    its records carry the span's W3C `traceparent` in their Kafka headers.
+    """
 
     def __init__(
         self,
@@ -69,8 +106,11 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         limits: Limits,
         max_batch_events: int,
         clock_ms: Callable[[], int],
+        *,
+        tracer: Tracer | None = None,
     ) -> None:
         self._producer = producer
+        self._tracer = tracer
         self._reader = reader
         self._limits = limits
         self._max_batch_events = max_batch_events
@@ -132,7 +172,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 index += len(events)
                 if records:
                     if delivery is None:
-                        delivery = self._producer.open()
+                        delivery = self._open_delivery()
                     await delivery.add(records)
                     if delivery.size >= DELIVERY_EVENTS:
                         close_delivery()
@@ -164,6 +204,17 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 f"{index - response.dropped} valid events were acknowledged): {failures[0]}",
             )
         return response
+
+    def _open_delivery(self) -> Delivery:
+        """A new group; when tracing, with its PRODUCER span, named in the records' headers."""
+        if self._tracer is None:
+            return self._producer.open()
+        span = self._tracer.start_span(
+            "produce events",
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "kafka", "messaging.operation.type": "send"},
+        )
+        return _TracedDelivery(self._producer.open(otel.kafka_headers(span)), span)
 
     def _validate(
         self, events: Sequence[pb.RawEvent], first_index: int, response: pb.IngestResponse

@@ -35,6 +35,9 @@ class PartitionChunk:
     late: list[LateEvent] = field(default_factory=list)  # late within the batch
     max_event_ms: dict[str, int] = field(default_factory=dict)  # per campaign
     heartbeat_ms: int = NO_TIME  # latest heartbeat wall time in the batch
+    # Distinct W3C `traceparent` values of the batch's records (tracing only): the spans
+    # that produced them, for the processing span's links. Opaque bytes here.
+    trace_parents: tuple[bytes, ...] = ()
 
     @property
     def event_count(self) -> int:

@@ -1,8 +1,9 @@
 """Bytewax sink that stores everything the dataflow emits in TimescaleDB.
 
 Items are window rows (`event_metrics`), late events (counted in `event_metrics` through
-the `late_event_log` ledger), sketch rollups (`event_sketch_rollups`) and alert
-transitions (`alerts`). Each batch is written in one transaction of at most four
+the `late_event_log` ledger), sketch rollups (`event_sketch_rollups`), alert transitions
+(`alerts`) and, when tracing, `SpanMark`s of the dataflow's processing spans (no SQL: the
+batch's write span links to them). Each batch is written in one transaction of at most four
 statements, one per kind, each a single round trip over `unnest()`ed array parameters,
 sent in binary (the text format escapes every array element, which cost more than the
 writes themselves).
@@ -24,16 +25,18 @@ from typing import Literal
 
 import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from pulse.aggregation import LateEvent, MetricRow
 from pulse.alerts.model import AlertEvent
 from pulse.errors import SinkError
 from pulse.rollups import RollupRow
 from pulse.timeutil import ms_to_datetime
+from sinks.otel import SpanMark
 
 log = logging.getLogger(__name__)
 
-StoreItem = MetricRow | RollupRow | LateEvent | AlertEvent
+StoreItem = MetricRow | RollupRow | LateEvent | AlertEvent | SpanMark
 WriteKind = Literal["metrics", "late", "rollups", "alerts"]
 
 # Every on-time column; `late_events` belongs to the late-event statement alone.
@@ -262,6 +265,8 @@ def plan(items: Sequence[StoreItem], source_topic: str) -> list[Statement]:
             rollups.append(item)
         elif isinstance(item, AlertEvent):
             alerts.append(item)
+        elif isinstance(item, SpanMark):
+            continue  # no SQL: the write span links to it
         else:
             msg = f"cannot store {type(item).__name__} in TimescaleDB"
             raise TypeError(msg)
@@ -304,12 +309,15 @@ class _Partition(StatelessSinkPartition[StoreItem]):
         max_attempts: int,
         on_written: Callable[[str, int], None],
         on_retry: Callable[[], None],
+        *,
+        tracer: Tracer | None,
     ) -> None:
         self._dsn = dsn
         self._source_topic = source_topic
         self._max_attempts = max_attempts
         self._on_written = on_written
         self._on_retry = on_retry
+        self._tracer = tracer
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
@@ -327,6 +335,35 @@ class _Partition(StatelessSinkPartition[StoreItem]):
         statements = plan(items, self._source_topic)
         if not statements:
             return
+        if self._tracer is None:
+            self._write_with_retries(statements, items)
+            return
+        span = self._start_span(self._tracer, statements, items)
+        try:
+            self._write_with_retries(statements, items)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            span.end()
+
+    def _start_span(
+        self, tracer: Tracer, statements: list[Statement], items: list[StoreItem]
+    ) -> Span:
+        """The batch's write span, linked to the processing spans whose rows it writes."""
+        links = [item.link() for item in items if isinstance(item, SpanMark)]
+        attributes: dict[str, str | int] = {
+            "db.system.name": "postgresql",
+            "db.operation.name": "INSERT",
+        }
+        for kind, _query, _params, rows in statements:
+            attributes[f"pulse.rows.{kind}"] = rows
+        return tracer.start_span(
+            "write timescaledb", kind=SpanKind.CLIENT, links=links, attributes=attributes
+        )
+
+    def _write_with_retries(self, statements: list[Statement], items: list[StoreItem]) -> None:
         for attempt in range(1, self._max_attempts + 1):
             try:
                 self._write(statements)
@@ -369,7 +406,8 @@ class TimescaleSink(DynamicSink[StoreItem]):
     `on_written(kind, rows)` is called after each commit, per kind in the batch
     ("metrics", "late", "rollups", "alerts"), with the number of rows sent (repeats within
     the batch dropped; rows the database kept unchanged as stale or replayed included).
-    `on_retry()` is called after each failed attempt that is retried.
+    `on_retry()` is called after each failed attempt that is retried. With a `tracer`,
+    each batch written is a span linked to the `SpanMark`s in it.
     """
 
     def __init__(
@@ -379,14 +417,22 @@ class TimescaleSink(DynamicSink[StoreItem]):
         max_attempts: int = 6,
         on_written: Callable[[str, int], None] | None = None,
         on_retry: Callable[[], None] | None = None,
+        *,
+        tracer: Tracer | None = None,
     ) -> None:
         self._dsn = dsn
         self._source_topic = source_topic
         self._max_attempts = max_attempts
         self._on_written = on_written or (lambda _kind, _rows: None)
         self._on_retry = on_retry or (lambda: None)
+        self._tracer = tracer
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         return _Partition(
-            self._dsn, self._source_topic, self._max_attempts, self._on_written, self._on_retry
+            self._dsn,
+            self._source_topic,
+            self._max_attempts,
+            self._on_written,
+            self._on_retry,
+            tracer=self._tracer,
         )

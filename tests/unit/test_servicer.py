@@ -59,8 +59,12 @@ class RecordingProducer(EventProducer):
         self.deliveries: list[int] = []
         self.produced = 0  # handed to Kafka, acknowledged or not
         self.fail_after = fail_after
+        self.headers: list[list[tuple[str, str | bytes | None]] | None] = []  # per open()
 
-    def open(self) -> RecordingDelivery:
+    def open(
+        self, headers: list[tuple[str, str | bytes | None]] | None = None
+    ) -> RecordingDelivery:
+        self.headers.append(headers)
         return RecordingDelivery(self)
 
 
