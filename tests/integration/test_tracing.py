@@ -6,10 +6,12 @@ memory through `sinks.otel.setup`, as two services would.
 """
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import grpc
 import psycopg
+import pytest
 from bytewax.testing import TestingSink, run_main
 from confluent_kafka import OFFSET_BEGINNING
 from opentelemetry.sdk.trace import ReadableSpan
@@ -47,7 +49,13 @@ def linked(span: ReadableSpan) -> set[tuple[int, int]]:
     return {(link.context.trace_id, link.context.span_id) for link in span.links}
 
 
-def ingest(stack: Stack, topic: str, tracing: otel.Tracing, events: list[pb.RawEvent]) -> None:
+def ingest(
+    stack: Stack,
+    topic: str,
+    tracing: otel.Tracing,
+    events: list[pb.RawEvent],
+    traceparent: str | None = CLIENT_TRACEPARENT,
+) -> None:
     producer = KafkaEventProducer(stack.kafka_bootstrap, topic, 30)
 
     async def main() -> None:
@@ -66,9 +74,8 @@ def ingest(stack: Stack, topic: str, tracing: otel.Tracing, events: list[pb.RawE
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = pb_grpc.AnalyticsServiceStub(channel)
-                reply = await stub.IngestEventBatches(
-                    batches(), metadata=(("traceparent", CLIENT_TRACEPARENT),)
-                )
+                metadata = (("traceparent", traceparent),) if traceparent else None
+                reply = await stub.IngestEventBatches(batches(), metadata=metadata)
                 assert reply.accepted == len(events)
         finally:
             await server.stop(None)
@@ -192,3 +199,26 @@ def test_an_event_is_followed_from_the_client_call_to_the_timescaledb_write(
             "SELECT sum(event_count) FROM event_metrics WHERE campaign_id LIKE 'trace-%'"
         ).fetchone()
     assert row is not None and row[0] == EVENTS
+
+
+def test_an_unreachable_collector_never_breaks_ingestion(
+    stack: Stack, topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real OTLP exporter, pointed at a port nobody listens on: every event is accepted,
+    the spans are made and dropped, and shutdown gives up instead of hanging."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{closed_port}")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")  # export (and fail) while ingesting
+    tracing = otel.setup("pulse-ingest")
+    assert tracing.enabled
+    now = now_ms()
+    events = [
+        pb.RawEvent(campaign_id="nc", event_type="view", timestamp=now, event_id=f"nc-{i}")
+        for i in range(5 * DELIVERY_EVENTS)
+    ]
+    for _ in range(4):  # several calls, so exports fail while later calls run
+        ingest(stack, topics.raw, tracing, events, traceparent=None)
+    tracing.shutdown(timeout_s=1)
+    assert len(consume_all(stack.kafka_bootstrap, topics.raw, 3)) == 4 * len(events)
