@@ -15,13 +15,14 @@ from dataclasses import asdict
 from types import TracebackType
 from typing import Self
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
 from pulse.alerts.model import AlertEvent, AlertState
 from pulse.errors import KafkaAdminError
 from pulse.timeutil import ms_to_datetime
 from sinks.kafka_outputs import from_notification
+from sinks.topics import watermarks
 
 log = logging.getLogger(__name__)
 
@@ -87,29 +88,10 @@ class NotificationTail:
             self._consumer = None
 
     def _starts(self, consumer: Consumer) -> dict[int, int]:
-        try:
-            metadata = consumer.list_topics(self._topic, timeout=self._timeout_s)
-            found = metadata.topics.get(self._topic)
-            if found is None or (
-                found.error is not None and found.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
-            ):
-                msg = f"topic {self._topic} does not exist (create it with `pulse migrate`)"
-                raise KafkaAdminError(msg)
-            if found.error is not None:
-                raise KafkaException(found.error)
-            starts = {}
-            for partition in sorted(found.partitions):
-                offsets = consumer.get_watermark_offsets(
-                    TopicPartition(self._topic, partition), timeout=self._timeout_s
-                )
-                if offsets is None:
-                    raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
-                low, high = offsets
-                starts[partition] = low if self._from_beginning else high
-        except KafkaException as exc:
-            msg = f"cannot read the partitions of {self._topic} at {self._bootstrap}: {exc}"
-            raise KafkaAdminError(msg) from exc
-        return starts
+        """Start offsets per partition; transient broker errors (a broker just started,
+        a leader moving) are retried until `timeout_s`."""
+        marks = watermarks(consumer, self._topic, self._timeout_s)
+        return {p: low if self._from_beginning else high for p, (low, high) in marks.items()}
 
     def events(
         self, *, max_events: int | None = None, seconds: float | None = None

@@ -138,7 +138,7 @@ def _try_watermarks(consumer: Consumer, topic: str, timeout_s: float) -> dict[in
     return marks
 
 
-def _watermarks(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, tuple[int, int]]:
+def watermarks(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, tuple[int, int]]:
     """(low, high) watermark offsets of every partition of `topic`, retrying transient errors."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -239,7 +239,7 @@ def read_last_records(
     """
     consumer = _consumer(bootstrap)
     try:
-        marks = _watermarks(consumer, topic, timeout_s)
+        marks = watermarks(consumer, topic, timeout_s)
         last: dict[int, StoredRecord | None] = dict.fromkeys(marks)
         todo = {p for p, (low, high) in marks.items() if high > low}
         for lookback in LAST_RECORD_LOOKBACKS:
@@ -271,7 +271,7 @@ def read_records(bootstrap: str, topic: str, timeout_s: float = 30) -> Iterator[
     """
     consumer = _consumer(bootstrap)
     try:
-        marks = _watermarks(consumer, topic, timeout_s)
+        marks = watermarks(consumer, topic, timeout_s)
         yield from _scan(consumer, topic, marks, timeout_s)
     finally:
         consumer.close()
