@@ -1,10 +1,11 @@
-"""The aggregation dataflow: Kafka records -> pre-aggregated chunks -> window state -> sinks.
+"""The aggregation dataflow: Kafka records -> decoded batches -> partition state -> sinks.
 
-    input -> decode (parse, validate, pre-aggregate per batch) -> dead letters -> side sink
+    input -> decode (parse, validate, hash event ids) -> dead letters -> side sink
                  |
                  v  keyed by Kafka partition
-             windows (watermarks, open windows, rollups, alert rules)
-                 |-> rows, rollups, late events, alerts -> TimescaleDB sink
+             windows (dedup, pre-aggregation, watermarks, open windows, corrections,
+                      rollups, alert rules)
+                 |-> rows, corrections, rollups, late events, alerts -> TimescaleDB sink
                  |-> late events ---------------------------> side sink (events.late)
                  '-> alerts ---------------------------------> notification sink
 
@@ -35,7 +36,8 @@ from pulse.aggregation import LateEvent
 from pulse.alerts.engine import AlertEngine
 from pulse.alerts.model import AlertEvent
 from pulse.alerts.rules import Rule
-from pulse.preagg import NO_TIME, PartitionChunk
+from pulse.corrections import CorrectionBatch
+from pulse.preagg import NO_TIME, RecordBatch
 from pulse.windowing import PartitionSnapshot, PartitionWindows
 from pulse.windows import TumblingWindows
 from sinks import otel
@@ -58,9 +60,11 @@ class FlowConfig:
     dlq_topic: str
     rules: tuple[Rule, ...] = ()
     refresh_ms: float = 0  # rows of open windows and rollups at most this often (0: always)
+    correction_ms: int = 0  # late events of windows closed this recently correct them
+    dedup_s: int = 0  # retries of an event id seen this recently are dropped (0: no dedup)
 
 
-class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSnapshot]):
+class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem, PartitionSnapshot]):
     """Bytewax shell around the pure `PartitionWindows` of one source partition."""
 
     def __init__(
@@ -82,7 +86,11 @@ class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSna
                 config.idle_ms,
                 self._alerts,
                 refresh_ms=config.refresh_ms,
+                correction_ms=config.correction_ms,
+                dedup_s=config.dedup_s,
             )
+            # The counter goes on from the count at the snapshot; the replay adds the rest.
+            metrics.DUPLICATES.labels(str(self._state.partition)).inc(self._state.duplicates)
 
     def _alerts(self, saved: Any) -> AlertEngine | None:
         config = self._config
@@ -92,7 +100,7 @@ class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSna
             return AlertEngine(config.rules, config.window_ms)
         return AlertEngine.restore(saved, config.rules, config.window_ms)
 
-    def on_batch(self, values: list[PartitionChunk]) -> tuple[Iterable[StoreItem], bool]:
+    def on_batch(self, values: list[RecordBatch]) -> tuple[Iterable[StoreItem], bool]:
         config = self._config
         if self._state is None:
             self._state = PartitionWindows(
@@ -102,18 +110,26 @@ class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSna
                 config.idle_ms,
                 self._alerts(None),
                 refresh_ms=config.refresh_ms,
+                correction_ms=config.correction_ms,
+                dedup_s=config.dedup_s,
             )
         out: list[StoreItem] = []
         span = None if self._tracer is None else self._start_span(self._tracer, values)
         now_ms = self._clock() * 1000  # paces progress rows only; results never see it
-        for chunk in values:
-            step = self._state.apply(chunk, now_ms)
+        duplicates = metrics.DUPLICATES.labels(str(self._state.partition))
+        for batch in values:
+            step = self._state.apply_batch(batch, now_ms)
+            # Window rows and rollups before the corrections the store merges into them.
             out += step.rows
             out += step.rollups
+            if step.corrections:  # one item: the store applies them in one transaction
+                out.append(CorrectionBatch(tuple(step.corrections)))
             out += step.late
             out += step.alerts
             metrics.EVENTS_PROCESSED.inc(step.counted)
+            metrics.CORRECTED_EVENTS.inc(step.corrected)
             metrics.LATE_EVENTS.inc(len(step.late))
+            duplicates.inc(step.duplicates)
             metrics.WINDOWS_CLOSED.inc(step.closed)
             for alert in step.alerts:
                 metrics.ALERTS.labels(alert.rule, alert.state.value).inc()
@@ -127,17 +143,17 @@ class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSna
                 out.append(otel.SpanMark.of(span))
         return out, StatefulBatchLogic.RETAIN
 
-    def _start_span(self, tracer: Tracer, values: list[PartitionChunk]) -> Span:
+    def _start_span(self, tracer: Tracer, values: list[RecordBatch]) -> Span:
         parents: dict[bytes, None] = {}
-        for chunk in values:
-            parents.update(dict.fromkeys(chunk.trace_parents))
+        for batch in values:
+            parents.update(dict.fromkeys(batch.trace_parents))
         partition = values[0].partition
         return tracer.start_span(
             f"aggregate partition {partition}",
             links=otel.links_to(parents),
             attributes={
                 "messaging.destination.partition.id": str(partition),
-                "pulse.events": sum(chunk.event_count for chunk in values),
+                "pulse.events": sum(batch.event_count for batch in values),
             },
         )
 
@@ -154,7 +170,7 @@ class _PartitionLogic(StatefulBatchLogic[PartitionChunk, StoreItem, PartitionSna
         return self._state.snapshot()
 
 
-def _is_dead(item: tuple[str, PartitionChunk] | SideRecord) -> TypeGuard[SideRecord]:
+def _is_dead(item: tuple[str, RecordBatch] | SideRecord) -> TypeGuard[SideRecord]:
     return isinstance(item, SideRecord)
 
 
@@ -183,22 +199,16 @@ def build_flow(
     the window step records spans (see the module doc); give the store sink the same one.
     """
     TumblingWindows(config.window_ms)  # validates the length before anything runs
-    decoder = Decoder(
-        config.window_ms,
-        config.lateness_ms,
-        config.idle_ms,
-        config.dlq_topic,
-        trace=tracer is not None,
-    )
+    decoder = Decoder(config.dlq_topic, trace=tracer is not None)
     flow = Dataflow(flow_id)
     records = op.input("kafka_in", flow, source)
     decoded = op.flat_map_batch("decode", records, decoder)
     split = op.branch("split_dead", decoded, _is_dead)
     dead = op.inspect("count_dead", split.trues, lambda _s, _d: metrics.DEAD_LETTERS.inc())
-    chunks: op.KeyedStream[PartitionChunk] = split.falses  # type: ignore[assignment]
+    batches: op.KeyedStream[RecordBatch] = split.falses  # type: ignore[assignment]
 
     windowed = op.stateful_batch(
-        "windows", chunks, lambda resume: _PartitionLogic(config, resume, clock, tracer)
+        "windows", batches, lambda resume: _PartitionLogic(config, resume, clock, tracer)
     )
     results = op.map("drop_key", windowed, lambda kv: kv[1])
     op.output("timescale_out", results, store_sink)

@@ -57,6 +57,8 @@ def flow_from_settings(s: FlowSettings, tracer: Tracer | None = None) -> Dataflo
         dlq_topic=s.topic_dlq,
         rules=_rules(s),
         refresh_ms=s.refresh_interval_seconds * 1000,
+        correction_ms=s.correction_horizon_ms,
+        dedup_s=s.dedup_horizon_seconds,
     )
 
     def written(table: str, rows: int) -> None:

@@ -10,8 +10,23 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
-EVENTS_PROCESSED = Counter("pulse_flow_events_processed_total", "Events folded into windows")
-LATE_EVENTS = Counter("pulse_flow_late_events_total", "Events behind the watermark")
+EVENTS_PROCESSED = Counter(
+    "pulse_flow_events_processed_total", "Events folded into open windows (on time)"
+)
+CORRECTED_EVENTS = Counter(
+    "pulse_flow_corrected_events_total",
+    "Late events folded into their closed windows (within the correction horizon)",
+)
+LATE_EVENTS = Counter(
+    "pulse_flow_late_events_total",
+    "Events behind the watermark beyond the correction horizon, sent to the late topic",
+)
+DUPLICATES = Counter(
+    "pulse_flow_duplicate_events_total",
+    "Events dropped as retries of an event with the same campaign and event id "
+    "(restored from the recovery state on restart)",
+    ["partition"],
+)
 DEAD_LETTERS = Counter("pulse_flow_dead_letters_total", "Records sent to the dead-letter topic")
 CONSUMER_ERRORS = Counter("pulse_flow_consumer_errors_total", "Kafka consumer errors (not records)")
 WINDOWS_CLOSED = Counter("pulse_flow_windows_closed_total", "Windows the watermark passed")

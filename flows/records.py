@@ -1,8 +1,9 @@
-"""The flow's decoding edge: Kafka records in, pre-aggregated partition chunks out.
+"""The flow's decoding edge: Kafka records in, one `RecordBatch` per partition out.
 
 One pass per batch: parse each `RawEvent`, check it with the edge's clock-free rules,
-and hand each partition's records to `preaggregate`. Heartbeats (empty key) advance the
-partition's clock. Anything else becomes a dead letter with its raw bytes.
+hash its `(campaign_id, event_id)` for dedup and note its log time. Heartbeats (empty
+key) advance the partition's clock. Anything else becomes a dead letter with its raw
+bytes. The partition's state then drops retries and pre-aggregates the rest.
 
 With `trace` set (tracing on), a second pass collects each partition's distinct
 `traceparent` header values (one per edge produce group, so few) into its chunk; without
@@ -10,14 +11,16 @@ it no header is read.
 """
 
 import logging
+from array import array
 from dataclasses import dataclass
 
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
+from xxhash import xxh3_128_digest
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.aggregation import LateEvent
-from pulse.preagg import PartitionChunk, Record, heartbeat_record, preaggregate
+from pulse.preagg import Record, RecordBatch, heartbeat_record
 from pulse.validation import Limits, check_values
 from sinks.kafka_outputs import SideRecord
 
@@ -65,46 +68,49 @@ def _dead(msg: Message, error: str, dlq_topic: str) -> SideRecord:
     )
 
 
+def _consumer_error(msg: Message) -> None:
+    """A consumer error is not a record (no bytes, no offset): it cannot be dead-lettered.
+    librdkafka retries transient ones itself; log and count it."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    log.warning(
+        "Kafka consumer error at %s[%s]@%s: %s",
+        topic,
+        partition,
+        offset,
+        msg.error(),
+        extra={"topic": topic, "partition": partition, "offset": offset},
+    )
+    metrics.CONSUMER_ERRORS.inc()
+
+
 @dataclass(frozen=True, slots=True)
 class Decoder:
-    """Turns one input batch into `(partition key, chunk)` pairs and dead letters."""
+    """Turns one input batch into `(partition key, RecordBatch)` pairs and dead letters."""
 
-    window_ms: int
-    lateness_ms: int
-    idle_ms: int
     dlq_topic: str
     limits: Limits = DEFAULT_LIMITS
-    trace: bool = False  # collect the records' `traceparent` headers into the chunks
+    trace: bool = False  # collect the records' `traceparent` headers into the batches
 
-    def __call__(self, items: list[Message]) -> list[tuple[str, PartitionChunk] | SideRecord]:
-        partitions: dict[int, list[Record]] = {}
+    # One tight loop per batch: a helper per event would cost a call per event.
+    def __call__(self, items: list[Message]) -> list[tuple[str, RecordBatch] | SideRecord]:  # noqa: PLR0915
+        # partition -> (its batch, its events' digests, their log times)
+        partitions: dict[int, tuple[RecordBatch, list[bytes], array[int]]] = {}
         dead: list[SideRecord] = []
         parse = pb.RawEvent.FromString
         limits = self.limits
         for msg in items:
-            error = msg.error()
-            if error is not None:
-                # A consumer error is not a record (no bytes, no offset): it cannot be
-                # dead-lettered. librdkafka retries transient ones itself.
-                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-                log.warning(
-                    "Kafka consumer error at %s[%s]@%s: %s",
-                    topic,
-                    partition,
-                    offset,
-                    error,
-                    extra={"topic": topic, "partition": partition, "offset": offset},
-                )
-                metrics.CONSUMER_ERRORS.inc()
+            if msg.error() is not None:
+                _consumer_error(msg)
                 continue
             raw = msg.value()
             if raw is None:
                 dead.append(_dead(msg, "record has no value", self.dlq_topic))
                 continue
             partition = msg.partition() or 0
-            records = partitions.get(partition)
-            if records is None:
-                records = partitions[partition] = []
+            state = partitions.get(partition)
+            if state is None:
+                state = partitions[partition] = (RecordBatch(partition), [], array("q"))
+            batch, digests, log_times = state
             if msg.key() == HEARTBEAT_KEY:
                 try:
                     beat = pb.Heartbeat.FromString(raw)
@@ -112,7 +118,8 @@ class Decoder:
                     reason = f"empty key but not an analytics.v1.Heartbeat: {exc}"
                     dead.append(_dead(msg, reason, self.dlq_topic))
                     continue
-                records.append(heartbeat_record(beat.wall_time_ms, msg.offset() or 0))
+                batch.records.append(heartbeat_record(beat.wall_time_ms, msg.offset() or 0))
+                batch.last_log_ms = max(batch.last_log_ms, beat.wall_time_ms)
                 continue
             try:
                 event = parse(raw)
@@ -121,28 +128,36 @@ class Decoder:
                 continue
             campaign_id = event.campaign_id
             event_type = event.event_type
+            event_id = event.event_id
             ts = event.timestamp
             value = event.value
-            problem = check_values(campaign_id, event_type, event.event_id, ts, value, limits)
+            problem = check_values(campaign_id, event_type, event_id, ts, value, limits)
             if problem is not None:
                 dead.append(_dead(msg, f"invalid event: {problem[1]}", self.dlq_topic))
                 continue
             user = event.dimensions.get(USER_DIMENSION, "")
-            records.append((campaign_id, event_type, ts, value, user, msg.offset() or 0, raw))
-        window_ms, lateness_ms, idle_ms = self.window_ms, self.lateness_ms, self.idle_ms
-        chunks = [
-            preaggregate(p, records, window_ms, lateness_ms, idle_ms)
-            for p, records in partitions.items()
-        ]
-        if self.trace:
-            parents = trace_parents(items)
-            for chunk in chunks:
-                chunk.trace_parents = parents.get(chunk.partition, ())
-        out: list[tuple[str, PartitionChunk] | SideRecord] = [
-            (str(chunk.partition), chunk) for chunk in chunks
-        ]
+            batch.records.append((campaign_id, event_type, ts, value, user, msg.offset() or 0, raw))
+            # Ids hold no control characters (validated), so NUL separates them unambiguously.
+            digests.append(xxh3_128_digest(f"{campaign_id}\0{event_id}".encode()))
+            batch.last_log_ms = max(batch.last_log_ms, ts)
+            log_times.append(batch.last_log_ms)
+        parents = trace_parents(items) if self.trace else {}
+        out: list[tuple[str, RecordBatch] | SideRecord] = []
+        for partition, (batch, digests, log_times) in partitions.items():
+            batch.digests = b"".join(digests)
+            batch.log_ms = log_times
+            batch.trace_parents = parents.get(partition, ())
+            out.append((str(partition), batch))
         out.extend(dead)
         return out
+
+    def _heartbeat(self, msg: Message, raw: bytes) -> Record | SideRecord:
+        try:
+            beat = pb.Heartbeat.FromString(raw)
+        except DecodeError as exc:
+            reason = f"empty key but not an analytics.v1.Heartbeat: {exc}"
+            return _dead(msg, reason, self.dlq_topic)
+        return heartbeat_record(beat.wall_time_ms, msg.offset() or 0)
 
 
 def late_record(late: LateEvent, topic: str, source_topic: str) -> SideRecord:

@@ -15,8 +15,13 @@ this batch showed before the event (`B`), and `end <= max(S, B)` holds exactly w
 `end <= B` or `end <= S`. This pass decides the `B` part event by event, in offset
 order. `S` is the same for all events of a window (they share its end), so the state
 decides it per partial: a whole partial is late or none of it is.
+
+A late event whose window ended within the correction horizon before the watermark
+(`end > watermark - correction`) still counts: it joins a correction partial of its
+window, which the state folds into the stored row. Older ones are routed aside.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pulse.aggregation import EventTuple, LateEvent, Partial
@@ -32,16 +37,19 @@ class PartitionChunk:
 
     partition: int
     partials: dict[WindowKey, Partial] = field(default_factory=dict)
-    late: list[LateEvent] = field(default_factory=list)  # late within the batch
+    late: list[LateEvent] = field(default_factory=list)  # beyond the correction horizon
     max_event_ms: dict[str, int] = field(default_factory=dict)  # per campaign
     heartbeat_ms: int = NO_TIME  # latest heartbeat wall time in the batch
     # Distinct W3C `traceparent` values of the batch's records (tracing only): the spans
     # that produced them, for the processing span's links. Opaque bytes here.
     trace_parents: tuple[bytes, ...] = ()
+    # Late within the batch, but within the correction horizon: for their closed windows.
+    corrections: dict[WindowKey, Partial] = field(default_factory=dict)
 
     @property
     def event_count(self) -> int:
-        return len(self.late) + sum(p.count for p in self.partials.values())
+        parts = (*self.partials.values(), *self.corrections.values())
+        return len(self.late) + sum(p.count for p in parts)
 
 
 # One input record: (campaign_id, event_type, event time, value, user, offset, raw bytes).
@@ -49,16 +57,48 @@ class PartitionChunk:
 Record = tuple[str, str, int, float, str, int, bytes]
 
 
+@dataclass(slots=True)
+class RecordBatch:
+    """One input batch of one partition, decoded: what the partition's state consumes.
+
+    `digests` holds the 16-byte hash of each event's `(campaign_id, event_id)` and
+    `log_ms` each event's log time within the batch (the highest event time or
+    heartbeat wall time so far), both in offset order, one per event (not per
+    heartbeat). `last_log_ms` is the log time after the batch's last record.
+    """
+
+    partition: int
+    records: list[Record] = field(default_factory=list)
+    digests: bytes = b""
+    log_ms: Sequence[int] = ()
+    last_log_ms: int = NO_TIME
+    trace_parents: tuple[bytes, ...] = ()  # as in `PartitionChunk`
+
+    @property
+    def event_count(self) -> int:
+        return len(self.log_ms)
+
+
 def heartbeat_record(wall_ms: int, offset: int) -> Record:
     return ("", "", wall_ms, 0.0, "", offset, b"")
 
 
 def preaggregate(
-    partition: int, records: list[Record], window_ms: int, lateness_ms: int, idle_ms: int
+    partition: int,
+    records: list[Record],
+    window_ms: int,
+    lateness_ms: int,
+    idle_ms: int,
+    *,
+    correction_ms: int = 0,
 ) -> PartitionChunk:
-    """Fold one partition's records (in offset order) into partials and late events."""
+    """Fold one partition's records (in offset order) into partials and late events.
+
+    `correction_ms` is the correction horizon (0: every late event is routed aside).
+    """
     seen: dict[str, int] = {}  # highest event time per campaign in this batch
     windows: dict[WindowKey, list[EventTuple]] = {}
+    corrections: dict[WindowKey, list[EventTuple]] = {}
     late: list[LateEvent] = []
     heartbeat = heartbeat_wm = NO_TIME
     for campaign_id, event_type, ts, value, user, offset, raw in records:
@@ -75,16 +115,25 @@ def preaggregate(
             watermark = max(watermark, prev - lateness_ms)
             if ts > prev:  # every valid event counts as seen, late or not
                 seen[campaign_id] = ts
+        target = windows
         if start + window_ms <= watermark:
-            late.append(
-                LateEvent(campaign_id, event_type, start, partition, offset, ts, raw, watermark)
-            )
-            continue
+            if start + window_ms <= watermark - correction_ms:
+                late.append(
+                    LateEvent(campaign_id, event_type, start, partition, offset, ts, raw, watermark)
+                )
+                continue
+            target = corrections
         key = (campaign_id, event_type, start)
-        window = windows.get(key)
+        window = target.get(key)
         if window is None:
-            windows[key] = [(ts, value, user, offset, raw)]
+            target[key] = [(ts, value, user, offset, raw)]
         else:
             window.append((ts, value, user, offset, raw))
-    partials = {key: Partial.of(events) for key, events in windows.items()}
-    return PartitionChunk(partition, partials, late, seen, heartbeat)
+    return PartitionChunk(
+        partition=partition,
+        partials={key: Partial.of(events) for key, events in windows.items()},
+        late=late,
+        max_event_ms=seen,
+        heartbeat_ms=heartbeat,
+        corrections={key: Partial.of(events) for key, events in corrections.items()},
+    )

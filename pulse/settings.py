@@ -43,6 +43,9 @@ class CommonSettings(BaseSettings):
     health_host: str = Field(
         "127.0.0.1", description="address the /healthz and /readyz HTTP server binds"
     )
+    max_event_age_seconds: int = Field(
+        7 * 86_400, ge=1, description="oldest event the edge accepts (and the flow corrects)"
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -81,7 +84,6 @@ class IngestSettings(CommonSettings):
     max_message_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="largest gRPC message accepted"
     )
-    max_event_age_seconds: int = Field(7 * 86_400, ge=1, description="oldest accepted event")
     max_future_skew_seconds: int = Field(300, ge=0, description="furthest-ahead accepted event")
     produce_timeout_seconds: float = Field(
         30.0, gt=0, description="how long an RPC waits for Kafka acknowledgements"
@@ -131,6 +133,23 @@ class FlowSettings(CommonSettings):
     health_port: int = Field(
         8082, ge=0, le=65_535, description="HTTP /healthz and /readyz port; 0 disables"
     )
+    correction_horizon_seconds: int | None = Field(
+        None,
+        ge=0,
+        description="late events of windows that closed at most this long ago correct them; "
+        "older ones go to the late topic (default: PULSE_MAX_EVENT_AGE_SECONDS; 0: none)",
+    )
+    dedup_horizon_seconds: int = Field(
+        3600,
+        ge=0,
+        description="an event whose campaign and event id were seen this recently is a "
+        "retry and is dropped (0: no dedup)",
+    )
+
+    @property
+    def correction_horizon_ms(self) -> int:
+        horizon = self.correction_horizon_seconds
+        return (self.max_event_age_seconds if horizon is None else horizon) * 1000
 
     @model_validator(mode="after")
     def _check_idle(self) -> "FlowSettings":

@@ -9,21 +9,33 @@ a floor of heartbeat time minus the idle timeout, so windows of a campaign that 
 quiet still close, and backlog read after downtime is judged by the heartbeats written
 beside it, not by today's clock. A window closes when the watermark reaches its end.
 Its campaign's watermark then stays past it, so a late event never reopens it.
+
+Before that, each batch loses its retries: events whose `(campaign_id, event_id)` the
+partition saw within the dedup horizon (`pulse.dedup`). A late event whose window
+closed within the correction horizon becomes a `Correction` of that window; the hour
+and day accumulators still held here take it at once, the store merges it into the
+stored rows. Older late events are routed aside.
 """
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import numpy as np
 
 from pulse.aggregation import (
     ClosedWindow,
     FrozenAggregate,
     LateEvent,
     MetricRow,
+    Partial,
     WindowAggregate,
 )
 from pulse.alerts.model import AlertEvent
-from pulse.preagg import NO_TIME, PartitionChunk
+from pulse.corrections import Correction
+from pulse.dedup import IdMemory, IdMemorySnapshot
+from pulse.preagg import NO_TIME, PartitionChunk, Record, RecordBatch, WindowKey, preaggregate
 from pulse.rollups import RollupRow, Rollups, RollupSnapshot
 
 
@@ -39,11 +51,18 @@ class StepOutput:
     """What one chunk changed: rows to upsert, events routed aside, alerts."""
 
     rows: list[MetricRow] = field(default_factory=list)
-    late: list[LateEvent] = field(default_factory=list)
+    late: list[LateEvent] = field(default_factory=list)  # beyond the correction horizon
     rollups: list[RollupRow] = field(default_factory=list)
+    corrections: list[Correction] = field(default_factory=list)
     alerts: list[AlertEvent] = field(default_factory=list)
     closed: int = 0  # windows closed
-    counted: int = 0  # events folded into windows
+    counted: int = 0  # events folded into open windows
+    duplicates: int = 0  # events dropped as retries of events seen before
+
+    @property
+    def corrected(self) -> int:
+        """Late events folded into their closed windows."""
+        return sum(c.count for c in self.corrections)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +75,17 @@ class PartitionSnapshot:
     open_windows: tuple[tuple[str, str, int, FrozenAggregate], ...]
     rollups: RollupSnapshot
     alerts: Any
+    log_ms: int = NO_TIME
+    ids: IdMemorySnapshot | None = None
+    duplicates: int = 0
 
 
 class PartitionWindows:
-    """Open windows and watermarks of the campaigns of one partition."""
+    """Open windows and watermarks of the campaigns of one partition.
+
+    `correction_ms` is the correction horizon (0: late events are only routed aside),
+    `dedup_s` the dedup horizon in seconds (0: no dedup).
+    """
 
     def __init__(
         self,
@@ -70,8 +96,14 @@ class PartitionWindows:
         alerts: AlertEvaluator | None = None,
         *,
         refresh_ms: float = 0,
+        correction_ms: int = 0,
+        dedup_s: int = 0,
     ) -> None:
         self.partition = partition
+        self._correction_ms = correction_ms
+        self._ids = IdMemory(dedup_s) if dedup_s else None
+        self._log_ms = NO_TIME  # the partition's log time: highest event or heartbeat time
+        self.duplicates = 0  # events dropped as retries since the partition's first record
         self._refresh_ms = refresh_ms
         self._refreshed_at = float("-inf")
         # Open windows changed since their rows were last emitted.
@@ -111,7 +143,44 @@ class PartitionWindows:
     def campaign_count(self) -> int:
         return len(self._max_event_ms)
 
+    @property
+    def remembered_ids(self) -> IdMemory | None:
+        return self._ids
+
     # -- the step -------------------------------------------------------------------
+
+    def apply_batch(self, batch: RecordBatch, now_ms: float = 0) -> StepOutput:
+        """Drop the batch's retries, pre-aggregate the rest, and `apply` it."""
+        records, duplicates = self._admit(batch)
+        chunk = preaggregate(
+            batch.partition,
+            records,
+            self._window_ms,
+            self._lateness_ms,
+            self._idle_ms,
+            correction_ms=self._correction_ms,
+        )
+        chunk.trace_parents = batch.trace_parents
+        out = self.apply(chunk, now_ms)
+        out.duplicates = duplicates
+        return out
+
+    def _admit(self, batch: RecordBatch) -> tuple[list[Record], int]:
+        """The batch's records without retries, and how many retries there were."""
+        before = self._log_ms
+        self._log_ms = max(before, batch.last_log_ms)
+        if self._ids is None or not batch.event_count:
+            return batch.records, 0
+        log_ms = np.maximum(np.asarray(batch.log_ms, dtype=np.int64), max(before, 0))
+        keep = self._ids.admit(batch.digests, log_ms)
+        duplicates = len(keep) - int(np.count_nonzero(keep))
+        if not duplicates:
+            return batch.records, 0
+        self.duplicates += duplicates
+        verdicts = iter(keep.tolist())
+        # Heartbeats (empty campaign id) always stay; each event takes its verdict.
+        records = [r for r in batch.records if not r[0] or next(verdicts)]
+        return records, duplicates
 
     def apply(self, chunk: PartitionChunk, now_ms: float = 0) -> StepOutput:
         """Merge one pre-aggregated batch; close what its watermarks passed.
@@ -121,7 +190,8 @@ class PartitionWindows:
         of `now_ms` (a monotonic clock of the caller's; it never affects results).
         """
         out = StepOutput()
-        self._pending.update(self._merge(chunk, out))
+        corrected: dict[WindowKey, list[Partial]] = {}
+        self._pending.update(self._merge(chunk, out, corrected))
         for campaign, seen in chunk.max_event_ms.items():
             if seen > self._max_event_ms.get(campaign, NO_TIME):
                 self._max_event_ms[campaign] = seen
@@ -141,6 +211,8 @@ class PartitionWindows:
         expiring = list(self._rollups.campaigns()) if heartbeat_moved else list(chunk.max_event_ms)
         for campaign in expiring:
             out.rollups += self._rollups.expire(campaign, self.watermark(campaign))
+        for key, parts in corrected.items():
+            out.corrections.append(self._correct(key, parts, out))
         if heartbeat_moved:
             self._forget_campaigns()
         if now_ms - self._refreshed_at >= self._refresh_ms:
@@ -161,10 +233,24 @@ class PartitionWindows:
     def take_rollup_rows(self) -> list[RollupRow]:
         return self._rollups.take_rows()
 
+    def _correct(self, key: WindowKey, parts: list[Partial], out: StepOutput) -> Correction:
+        """A closed window's late events: into live hour and day accumulators here, the
+        rest of the way by the store."""
+        campaign, event_type, start = key
+        mark = self.watermark(campaign)
+        out.rollups += self._rollups.expire(campaign, mark)  # final rows before the store's
+        correction = Correction.of(campaign, event_type, start, self.partition, parts)
+        by_store = self._rollups.correct(correction, mark)
+        return dataclasses.replace(correction, sink_rollups=by_store)
+
     def _merge(
-        self, chunk: PartitionChunk, out: StepOutput
+        self,
+        chunk: PartitionChunk,
+        out: StepOutput,
+        corrected: dict[WindowKey, list[Partial]],
     ) -> dict[tuple[str, str, int], WindowAggregate]:
-        """Fold the chunk's partials into open windows; route the late ones aside.
+        """Fold the chunk's partials into open windows; late ones into `corrected` (within
+        the correction horizon) or aside.
 
         Each partial is judged against its campaign's watermark before this chunk (the
         chunk's own part of the watermark was applied event by event already).
@@ -173,15 +259,24 @@ class PartitionWindows:
         touched: dict[tuple[str, str, int], WindowAggregate] = {}
         late = list(chunk.late)
         marks: dict[str, int] = {}
-        for (campaign, event_type, start), part in chunk.partials.items():
+
+        def aside(key: WindowKey, part: Partial, mark: int) -> None:
+            campaign, event_type, start = key
+            late.extend(
+                LateEvent(campaign, event_type, start, chunk.partition, offset, ts, raw, mark)
+                for offset, ts, raw in zip(part.offsets, part.times, part.raws, strict=True)
+            )
+
+        for key, part in chunk.partials.items():
+            campaign, event_type, start = key
             mark = marks.get(campaign)
             if mark is None:
                 mark = marks[campaign] = self.watermark(campaign)
             if start + window_ms <= mark:
-                late.extend(
-                    LateEvent(campaign, event_type, start, chunk.partition, offset, ts, raw, mark)
-                    for offset, ts, raw in zip(part.offsets, part.times, part.raws, strict=True)
-                )
+                if start + window_ms > mark - self._correction_ms:
+                    corrected.setdefault(key, []).append(part)
+                else:
+                    aside(key, part, mark)
                 continue
             windows = self._open.get(campaign)
             if windows is None:
@@ -191,7 +286,18 @@ class PartitionWindows:
                 agg = windows[(event_type, start)] = WindowAggregate()
             agg.merge(part)
             out.counted += part.count
-            touched[(campaign, event_type, start)] = agg
+            touched[key] = agg
+        # Late within the batch and within the horizon by the batch's own watermark; the
+        # state's may still put them beyond it.
+        for key, part in chunk.corrections.items():
+            campaign, _event_type, start = key
+            mark = marks.get(campaign)
+            if mark is None:
+                mark = marks[campaign] = self.watermark(campaign)
+            if start + window_ms <= mark - self._correction_ms:
+                aside(key, part, mark)
+            else:
+                corrected.setdefault(key, []).append(part)
         late.sort(key=lambda e: e.offset)
         out.late = late
         return touched
@@ -241,6 +347,9 @@ class PartitionWindows:
             ),
             self._rollups.snapshot(),
             self._alerts.snapshot() if self._alerts is not None else None,
+            log_ms=self._log_ms,
+            ids=self._ids.snapshot() if self._ids is not None else None,
+            duplicates=self.duplicates,
         )
 
     @classmethod
@@ -253,12 +362,25 @@ class PartitionWindows:
         make_alerts: Callable[[Any], AlertEvaluator | None] = lambda _snapshot: None,
         *,
         refresh_ms: float = 0,
+        correction_ms: int = 0,
+        dedup_s: int = 0,
     ) -> "PartitionWindows":
         """Rebuild a snapshot; `make_alerts` gets the alert state saved (None: start afresh)."""
         alerts = make_alerts(snapshot.alerts)
         state = cls(
-            snapshot.partition, window_ms, lateness_ms, idle_ms, alerts, refresh_ms=refresh_ms
+            snapshot.partition,
+            window_ms,
+            lateness_ms,
+            idle_ms,
+            alerts,
+            refresh_ms=refresh_ms,
+            correction_ms=correction_ms,
+            dedup_s=dedup_s,
         )
+        state._log_ms = snapshot.log_ms
+        state.duplicates = snapshot.duplicates
+        if dedup_s and snapshot.ids is not None:
+            state._ids = IdMemory.restore(snapshot.ids, dedup_s)
         state._heartbeat_ms = snapshot.heartbeat_ms
         state._max_event_ms = dict(snapshot.max_event_ms)
         for campaign, event_type, start, frozen in snapshot.open_windows:

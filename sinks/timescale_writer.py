@@ -1,12 +1,14 @@
 """Bytewax sink that stores everything the dataflow emits in TimescaleDB.
 
-Items are window rows (`event_metrics`), late events (counted in `event_metrics` through
-the `late_event_log` ledger), sketch rollups (`event_sketch_rollups`), alert transitions
-(`alerts`) and, when tracing, `SpanMark`s of the dataflow's processing spans (no SQL: the
-batch's write span links to them). Each batch is written in one transaction of at most four
-statements, one per kind, each a single round trip over `unnest()`ed array parameters,
-sent in binary (the text format escapes every array element, which cost more than the
-writes themselves).
+Items are window rows (`event_metrics`), late events beyond the correction horizon
+(counted in `event_metrics.late_events` through the `late_event_log` ledger), sketch
+rollups (`event_sketch_rollups`), late corrections (merged into stored window and rollup
+rows, `sinks/timescale_corrections.py`), alert transitions (`alerts`) and, when tracing,
+`SpanMark`s of the dataflow's processing spans (no SQL: the batch's write span links to
+them). Each batch is written in one transaction of a few statements, one per kind (two
+reads and two writes for corrections), each a single round trip over `unnest()`ed array
+parameters, sent in binary (the text format escapes every array element, which cost
+more than the writes themselves).
 
 Every statement is idempotent, so a replay after a crash (or a retry after a commit
 whose acknowledgement was lost) changes nothing:
@@ -14,12 +16,14 @@ whose acknowledgement was lost) changes nothing:
 - a late event is counted only when its ledger row `(topic, partition, offset, bucket)`
   is new;
 - a rollup replaces the stored one only with a higher merged `event_count`;
+- a correction merges only the events above the row's `corrected_offset`;
 - an alert transition is inserted once.
 """
 
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -29,31 +33,36 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from pulse.aggregation import LateEvent, MetricRow
 from pulse.alerts.model import AlertEvent
+from pulse.corrections import CorrectionBatch
 from pulse.errors import SinkError
 from pulse.rollups import RollupRow
 from pulse.timeutil import ms_to_datetime
 from sinks.otel import SpanMark
+from sinks.timescale_corrections import apply_corrections
 
 log = logging.getLogger(__name__)
 
-StoreItem = MetricRow | RollupRow | LateEvent | AlertEvent | SpanMark
-WriteKind = Literal["metrics", "late", "rollups", "alerts"]
+StoreItem = MetricRow | RollupRow | LateEvent | CorrectionBatch | AlertEvent | SpanMark
+WriteKind = Literal["metrics", "late", "rollups", "corrections", "alerts"]
 
 # Every on-time column; `late_events` belongs to the late-event statement alone.
 METRICS_SQL = """
 INSERT INTO event_metrics (
     bucket, campaign_id, event_type, event_count, value_sum, value_min, value_max,
     value_avg, unique_users, value_p50, value_p95, value_p99, first_event_at,
-    last_event_at, closed, revision, users_sketch, values_sketch
+    last_event_at, closed, revision, users_sketch, values_sketch, on_time_count
 )
-SELECT * FROM unnest(
+SELECT u.*, u.event_count FROM unnest(
     %b::timestamptz[], %b::text[], %b::text[], %b::bigint[], %b::float8[], %b::float8[],
     %b::float8[], %b::float8[], %b::bigint[], %b::float8[], %b::float8[], %b::float8[],
     %b::timestamptz[], %b::timestamptz[], %b::boolean[], %b::bigint[], %b::bytea[],
     %b::bytea[]
-)
+) AS u(bucket, campaign_id, event_type, event_count, value_sum, value_min, value_max,
+       value_avg, unique_users, value_p50, value_p95, value_p99, first_event_at,
+       last_event_at, closed, revision, users_sketch, values_sketch)
 ON CONFLICT (campaign_id, event_type, bucket) DO UPDATE
 SET event_count = excluded.event_count,
+    on_time_count = excluded.on_time_count,
     value_sum = excluded.value_sum,
     value_min = excluded.value_min,
     value_max = excluded.value_max,
@@ -247,29 +256,49 @@ def _alerts_params(alerts: Sequence[AlertEvent]) -> tuple[list[object], ...]:
     )
 
 
-Statement = tuple[WriteKind, str, tuple[list[object], ...] | dict[str, object], int]
+# (kind, sql, params, rows); corrections have no SQL of their own: their params are the
+# corrections, merged by `apply_corrections`.
+Statement = tuple[
+    WriteKind, str, tuple[list[object], ...] | dict[str, object] | list[CorrectionBatch], int
+]
+
+
+@dataclass(slots=True)
+class _Kinds:
+    """A batch's items, by kind."""
+
+    metrics: list[MetricRow] = field(default_factory=list)
+    late: list[LateEvent] = field(default_factory=list)
+    rollups: list[RollupRow] = field(default_factory=list)
+    corrections: list[CorrectionBatch] = field(default_factory=list)
+    alerts: list[AlertEvent] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, items: Sequence[StoreItem]) -> "_Kinds":
+        kinds = cls()
+        for item in items:
+            if isinstance(item, MetricRow):
+                kinds.metrics.append(item)
+            elif isinstance(item, LateEvent):
+                kinds.late.append(item)
+            elif isinstance(item, RollupRow):
+                kinds.rollups.append(item)
+            elif isinstance(item, CorrectionBatch):
+                kinds.corrections.append(item)
+            elif isinstance(item, AlertEvent):
+                kinds.alerts.append(item)
+            elif not isinstance(item, SpanMark):  # a SpanMark has no SQL: spans link to it
+                msg = f"cannot store {type(item).__name__} in TimescaleDB"
+                raise TypeError(msg)
+        return kinds
 
 
 def plan(items: Sequence[StoreItem], source_topic: str) -> list[Statement]:
-    """Split a batch by kind into at most four statements: (kind, sql, params, rows)."""
-    metrics: list[MetricRow] = []
-    late: list[LateEvent] = []
-    rollups: list[RollupRow] = []
-    alerts: list[AlertEvent] = []
-    for item in items:
-        if isinstance(item, MetricRow):
-            metrics.append(item)
-        elif isinstance(item, LateEvent):
-            late.append(item)
-        elif isinstance(item, RollupRow):
-            rollups.append(item)
-        elif isinstance(item, AlertEvent):
-            alerts.append(item)
-        elif isinstance(item, SpanMark):
-            continue  # no SQL: the write span links to it
-        else:
-            msg = f"cannot store {type(item).__name__} in TimescaleDB"
-            raise TypeError(msg)
+    """Split a batch by kind into at most five statements, corrections after the rows
+    and rollups they merge into."""
+    kinds = _Kinds.of(items)
+    metrics, late, rollups = kinds.metrics, kinds.late, kinds.rollups
+    corrections, alerts = kinds.corrections, kinds.alerts
     statements: list[Statement] = []
     if metrics:
         rows = latest_rows(metrics)
@@ -280,6 +309,8 @@ def plan(items: Sequence[StoreItem], source_topic: str) -> list[Statement]:
     if rollups:
         merged = latest_rollups(rollups)
         statements.append(("rollups", ROLLUPS_SQL, _rollups_params(merged), len(merged)))
+    if corrections:
+        statements.append(("corrections", "", corrections, sum(c.count for c in corrections)))
     if alerts:
         statements.append(("alerts", ALERTS_SQL, _alerts_params(alerts), len(alerts)))
     return statements
@@ -328,8 +359,11 @@ class _Partition(StatelessSinkPartition[StoreItem]):
     def _write(self, statements: list[Statement]) -> None:
         conn = self._connection()
         with conn.transaction():
-            for _kind, query, params, _rows in statements:
-                conn.execute(query, params)
+            for kind, query, params, _rows in statements:
+                if kind == "corrections":
+                    apply_corrections(conn, params)  # type: ignore[arg-type]
+                else:
+                    conn.execute(query, params)
 
     def write_batch(self, items: list[StoreItem]) -> None:
         statements = plan(items, self._source_topic)
@@ -401,11 +435,12 @@ class _Partition(StatelessSinkPartition[StoreItem]):
 
 
 class TimescaleSink(DynamicSink[StoreItem]):
-    """One connection per worker; each batch is one transaction of at most 4 statements.
+    """One connection per worker; each batch is one transaction of a few statements.
 
     `on_written(kind, rows)` is called after each commit, per kind in the batch
-    ("metrics", "late", "rollups", "alerts"), with the number of rows sent (repeats within
-    the batch dropped; rows the database kept unchanged as stale or replayed included).
+    ("metrics", "late", "rollups", "corrections", "alerts"), with the number of rows sent
+    (repeats within the batch dropped; rows the database kept unchanged as stale or
+    replayed included; for corrections, the late events they carry).
     `on_retry()` is called after each failed attempt that is retried. With a `tracer`,
     each batch written is a span linked to the `SpanMark`s in it.
     """

@@ -33,7 +33,8 @@ class Bucket:
     high: float | None = None
     first: int | None = None
     last: int | None = None
-    late: int = 0
+    late: int = 0  # arrived after the bucket closed (corrected or not)
+    on_time: int = 0  # counted before the bucket closed
     users: set[str] = field(default_factory=set)
     values: list[float] = field(default_factory=list)
 
@@ -61,25 +62,45 @@ class Ev:
     value: float = 0.0
     user: str = ""
     heartbeat: int | None = None  # wall time, for heartbeat records
+    event_id: str = ""
 
 
 def windows_reference(
-    records: Iterable[Ev], window_ms: int, lateness_ms: int, idle_ms: int
+    records: Iterable[Ev],
+    window_ms: int,
+    lateness_ms: int,
+    idle_ms: int,
+    correction_ms: int = 0,
+    dedup_s: int = 0,
 ) -> tuple[dict[tuple[str, str, int], Bucket], list[tuple[int, int]]]:
-    """Event by event, the documented semantics: buckets and the late (partition, offset)s.
+    """Event by event, the documented semantics: buckets and the (partition, offset)s of
+    late events beyond the correction horizon.
 
     Per campaign, watermark = max(highest event time seen - lateness, latest heartbeat
     of its partition - idle timeout); an event whose minute-bucket end is at or before
-    the watermark is late.
+    the watermark is late. A late event whose bucket ended after watermark -
+    `correction_ms` is still counted. With `dedup_s`, an event whose (campaign, event
+    id) was counted at most `dedup_s` seconds of partition log time before (log time:
+    the highest event or heartbeat time of the partition so far) is dropped first.
     """
     buckets: dict[tuple[str, str, int], Bucket] = defaultdict(Bucket)
     late: list[tuple[int, int]] = []
     highest: dict[str, int] = {}
     heartbeat: dict[int, int] = {}
+    log_time: dict[int, int] = {}
+    seen_ids: dict[tuple[str, str], int] = {}  # (campaign, event id) -> log second counted
     for r in records:
+        stamp = r.heartbeat if r.heartbeat is not None else r.ts
+        log_time[r.partition] = max(log_time.get(r.partition, stamp), stamp)
         if r.heartbeat is not None:
             heartbeat[r.partition] = max(heartbeat.get(r.partition, r.heartbeat), r.heartbeat)
             continue
+        if dedup_s:
+            now_s = log_time[r.partition] // 1000
+            before = seen_ids.get((r.campaign, r.event_id))
+            if before is not None and now_s - before <= dedup_s:
+                continue
+            seen_ids[(r.campaign, r.event_id)] = now_s
         marks = []
         if r.campaign in highest:
             marks.append(highest[r.campaign] - lateness_ms)
@@ -87,9 +108,14 @@ def windows_reference(
             marks.append(heartbeat[r.partition] - idle_ms)
         start = (r.ts // window_ms) * window_ms
         highest[r.campaign] = max(highest.get(r.campaign, r.ts), r.ts)
+        bucket = buckets[(r.campaign, r.event_type, start)]
         if marks and start + window_ms <= max(marks):
-            buckets[(r.campaign, r.event_type, start)].late += 1
-            late.append((r.partition, r.offset))
+            bucket.late += 1
+            if start + window_ms > max(marks) - correction_ms:
+                bucket.add(r.ts, r.value, r.user)
+            else:
+                late.append((r.partition, r.offset))
         else:
-            buckets[(r.campaign, r.event_type, start)].add(r.ts, r.value, r.user)
+            bucket.add(r.ts, r.value, r.user)
+            bucket.on_time += 1
     return dict(buckets), late

@@ -48,7 +48,7 @@ def event_message(e: Ev) -> Message:
         event_type=e.event_type,
         timestamp=e.ts,
         value=e.value,
-        event_id=f"e{e.partition}-{e.offset}",
+        event_id=e.event_id or f"e{e.partition}-{e.offset}",
         dimensions={"user_id": e.user} if e.user else {},
     ).SerializeToString()
     return Message(

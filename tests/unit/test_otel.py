@@ -253,11 +253,11 @@ def test_the_decoder_collects_distinct_trace_parents_only_when_tracing() -> None
         message(1, 0, parents[2]),
         message(1, 1, None),
     ]
-    off = Decoder(60_000, 10_000, 30_000, "events.dlq")(batch)
+    off = Decoder("events.dlq")(batch)
     assert [chunk.trace_parents for _key, chunk in off] == [(), ()]  # type: ignore[misc]
-    on = Decoder(60_000, 10_000, 30_000, "events.dlq", trace=True)(batch)
+    on = Decoder("events.dlq", trace=True)(batch)
     got = {chunk.partition: chunk.trace_parents for _key, chunk in on}  # type: ignore[misc]
     assert got == {0: (parents[0], parents[1]), 1: (parents[2],)}
     many = [message(0, i, f"00-{i + 1:032x}-{i + 1:016x}-01".encode()) for i in range(200)]
-    [(_key, chunk)] = Decoder(60_000, 10_000, 30_000, "events.dlq", trace=True)(many)  # type: ignore[misc]
+    [(_key, chunk)] = Decoder("events.dlq", trace=True)(many)  # type: ignore[misc]
     assert len(chunk.trace_parents) == MAX_TRACE_PARENTS

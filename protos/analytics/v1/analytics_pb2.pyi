@@ -218,10 +218,17 @@ class IngestResponse(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
     REJECTIONS_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
     """acknowledged by Kafka"""
     dropped: _builtins.int
     """rejected by validation; see rejections"""
+    duplicates: _builtins.int
+    """Events this edge knew to be retries of events it had already acknowledged (the same
+    campaign_id and event_id): not written again, and not counted in accepted. Retries
+    the edge cannot see (sent to another edge, or older than its memory) are dropped
+    by the dataflow instead, so they are never counted twice either way.
+    """
     @_builtins.property
     def rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rejection]:
         """at most the first 1,000 are listed"""
@@ -232,10 +239,11 @@ class IngestResponse(_message.Message):
         accepted: _builtins.int = ...,
         dropped: _builtins.int = ...,
         rejections: _abc.Iterable[Global___Rejection] | None = ...,
+        duplicates: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "dropped", b"dropped", "rejections", b"rejections"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "dropped", b"dropped", "duplicates", b"duplicates", "rejections", b"rejections"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -296,15 +304,16 @@ class MetricPoint(_message.Message):
     LAST_EVENT_MS_FIELD_NUMBER: _builtins.int
     LATE_EVENTS_FIELD_NUMBER: _builtins.int
     CLOSED_FIELD_NUMBER: _builtins.int
+    ON_TIME_COUNT_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     event_type: _builtins.str
     bucket_start_ms: _builtins.int
     event_count: _builtins.int
-    """on-time events"""
+    """every counted event: on time, plus late corrections"""
     value_sum: _builtins.float
     resolution: Global___Resolution.ValueType
     value_min: _builtins.float
-    """unset when the bucket holds no on-time event"""
+    """unset when the bucket holds no counted event"""
     value_max: _builtins.float
     value_avg: _builtins.float
     unique_users: _builtins.int
@@ -314,12 +323,14 @@ class MetricPoint(_message.Message):
     value_p95: _builtins.float
     value_p99: _builtins.float
     first_event_ms: _builtins.int
-    """0 when the bucket holds no on-time event"""
+    """0 when the bucket holds no counted event"""
     last_event_ms: _builtins.int
     late_events: _builtins.int
-    """events that arrived after the bucket closed (not counted)"""
+    """events that arrived after the bucket closed"""
     closed: _builtins.bool
-    """the watermark passed the bucket: its values are final"""
+    """the watermark passed the bucket"""
+    on_time_count: _builtins.int
+    """events counted when the bucket closed (event_count"""
     def __init__(
         self,
         *,
@@ -340,10 +351,11 @@ class MetricPoint(_message.Message):
         last_event_ms: _builtins.int = ...,
         late_events: _builtins.int = ...,
         closed: _builtins.bool = ...,
+        on_time_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_value_avg", b"_value_avg", "_value_max", b"_value_max", "_value_min", b"_value_min", "_value_p50", b"_value_p50", "_value_p95", b"_value_p95", "_value_p99", b"_value_p99", "value_avg", b"value_avg", "value_max", b"value_max", "value_min", b"value_min", "value_p50", b"value_p50", "value_p95", b"value_p95", "value_p99", b"value_p99"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value_avg", b"_value_avg", "_value_max", b"_value_max", "_value_min", b"_value_min", "_value_p50", b"_value_p50", "_value_p95", b"_value_p95", "_value_p99", b"_value_p99", "bucket_start_ms", b"bucket_start_ms", "campaign_id", b"campaign_id", "closed", b"closed", "event_count", b"event_count", "event_type", b"event_type", "first_event_ms", b"first_event_ms", "last_event_ms", b"last_event_ms", "late_events", b"late_events", "resolution", b"resolution", "unique_users", b"unique_users", "value_avg", b"value_avg", "value_max", b"value_max", "value_min", b"value_min", "value_p50", b"value_p50", "value_p95", b"value_p95", "value_p99", b"value_p99", "value_sum", b"value_sum"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value_avg", b"_value_avg", "_value_max", b"_value_max", "_value_min", b"_value_min", "_value_p50", b"_value_p50", "_value_p95", b"_value_p95", "_value_p99", b"_value_p99", "bucket_start_ms", b"bucket_start_ms", "campaign_id", b"campaign_id", "closed", b"closed", "event_count", b"event_count", "event_type", b"event_type", "first_event_ms", b"first_event_ms", "last_event_ms", b"last_event_ms", "late_events", b"late_events", "on_time_count", b"on_time_count", "resolution", b"resolution", "unique_users", b"unique_users", "value_avg", b"value_avg", "value_max", b"value_max", "value_min", b"value_min", "value_p50", b"value_p50", "value_p95", b"value_p95", "value_p99", b"value_p99", "value_sum", b"value_sum"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__value_avg: _TypeAlias = _typing.Literal["value_avg"]  # noqa: Y015
     _WhichOneofArgType__value_avg: _TypeAlias = _typing.Literal["_value_avg", b"_value_avg"]  # noqa: Y015

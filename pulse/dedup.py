@@ -1,0 +1,218 @@
+"""Which events were seen before: the event ids one partition remembers, for dedup.
+
+A client that retries re-sends events with the same `event_id`. Two events with the
+same `(campaign_id, event_id)` count once if the second arrives within the dedup
+horizon of the first. Kafka partitions by `campaign_id`, so both land in one partition,
+in offset order, and the partition's state decides alone, whichever edge took them.
+
+Time is the partition's log time, never the dataflow's clock: at each event, the
+highest event time or heartbeat wall time of the partition so far, in whole seconds.
+An event is a duplicate when an earlier event with its id has a log time at most
+`horizon` seconds before its own. Batch boundaries play no part in the decision, so a
+replay after a crash decides every event as the first run did.
+
+Each id is remembered as a 128-bit hash (xxh3-128 of `campaign_id NUL event_id`, in the
+decoder), split into two 64-bit halves, plus its log time as a 32-bit second: 20 bytes
+an id, in sorted numpy runs. A new batch's ids become a new run; runs of similar size
+merge (a binary counter, so about log2(ids / batch) runs). Lookups are one
+`searchsorted` per run and batch. Ids older than the horizon are dropped whenever the
+log time crosses into a new sixteenth of the horizon.
+
+A false duplicate needs two different ids with equal 128-bit hashes: with H ids
+remembered, each new event has a chance of at most H / 2^128. At 100,000 events/s and a
+one-hour horizon (H = 3.6e8), that is 1.1e-30 per event and 9e-21 per day.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+DIGEST_BYTES = 16  # one 128-bit hash per event id
+BYTES_PER_ID = 20  # two uint64 halves and a uint32 second
+GC_STEPS = 16  # expired ids are dropped each time log time crosses 1/16 of the horizon
+
+U64 = npt.NDArray[np.uint64]
+U32 = npt.NDArray[np.uint32]
+I64 = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Remembered ids sorted by `hi` (never mutated: merges and expiry make new runs)."""
+
+    hi: U64
+    lo: U64
+    seconds: U32
+
+    def __len__(self) -> int:
+        return len(self.hi)
+
+
+@dataclass(frozen=True, slots=True)
+class IdMemorySnapshot:
+    """Immutable, picklable copy of an `IdMemory` (arrays as bytes)."""
+
+    horizon_s: int
+    gc_step: int
+    runs: tuple[tuple[bytes, bytes, bytes], ...]
+
+
+def _merge(a: _Run, b: _Run) -> _Run:
+    """One sorted run of two (`a`'s entries first among equal hashes)."""
+    hi = np.concatenate((a.hi, b.hi))
+    order = np.argsort(hi, kind="stable")  # two sorted runs: timsort merges them in one pass
+    lo = np.concatenate((a.lo, b.lo))[order]
+    return _Run(hi[order], lo, np.concatenate((a.seconds, b.seconds))[order])
+
+
+class IdMemory:
+    """The event-id hashes one partition saw within the horizon, with their log times."""
+
+    __slots__ = ("_gc_step", "_horizon_s", "_runs")
+
+    def __init__(self, horizon_s: int) -> None:
+        if horizon_s < 1:
+            msg = f"the dedup horizon must be at least 1 s, got {horizon_s}"
+            raise ValueError(msg)
+        self._horizon_s = horizon_s
+        self._runs: list[_Run] = []
+        self._gc_step = -1  # the sixteenth of the horizon expiry last ran in
+
+    def __len__(self) -> int:
+        return sum(len(run) for run in self._runs)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the remembered ids' arrays."""
+        return sum(r.hi.nbytes + r.lo.nbytes + r.seconds.nbytes for r in self._runs)
+
+    @property
+    def run_count(self) -> int:
+        return len(self._runs)
+
+    def admit(self, digests: bytes, log_ms: Sequence[int] | I64) -> Mask:
+        """Decide a batch of events, in offset order: True for first sightings.
+
+        `digests` holds one 16-byte hash per event, `log_ms` each event's partition log
+        time in milliseconds (non-decreasing). First sightings are remembered.
+        """
+        n = len(digests) // DIGEST_BYTES
+        if n == 0:
+            return np.ones(0, dtype=np.bool_)
+        halves = np.frombuffer(digests, dtype="<u8").reshape(n, 2)
+        # Sorted by `hi` (equal hashes stay in offset order): lookups in sorted order
+        # touch memory in order, three times faster than in arrival order.
+        order = np.argsort(halves[:, 0], kind="stable")
+        hi = halves[order, 0].astype(np.uint64)
+        lo = halves[order, 1].astype(np.uint64)
+        seconds = (np.asarray(log_ms, dtype=np.int64)[order] // 1000).astype(np.uint32)
+        keep = np.ones(n, dtype=np.bool_)
+        for run in self._runs:
+            self._check_run(run, hi, lo, seconds, keep)
+        repeats = np.flatnonzero(hi[1:] == hi[:-1])
+        if len(repeats):
+            self._check_batch(repeats, hi, lo, seconds, keep)
+        if keep.any():
+            self._add(_Run(hi[keep], lo[keep], seconds[keep]))
+        self._expire(int(seconds.max()))
+        decided = np.empty(n, dtype=np.bool_)
+        decided[order] = keep
+        return decided
+
+    def _within(self, earlier: int, later: int) -> bool:
+        return later - earlier <= self._horizon_s
+
+    def _check_run(self, run: _Run, hi: U64, lo: U64, seconds: U32, keep: Mask) -> None:
+        """Mark events whose id `run` holds within the horizon."""
+        size = len(run)
+        at = np.searchsorted(run.hi, hi)
+        found = at < size
+        at_c = np.minimum(at, size - 1)
+        same_hi = found & (run.hi[at_c] == hi)
+        if not same_hi.any():
+            return
+        hit = same_hi & (run.lo[at_c] == lo)
+        recent = hit & (
+            seconds.astype(np.int64) - run.seconds[at_c].astype(np.int64) <= self._horizon_s
+        )
+        keep &= ~recent
+        # Rare: more than one entry with this `hi` (a 64-bit half colliding, or an id
+        # remembered again after its horizon). Look at every entry with that `hi`.
+        next_c = np.minimum(at_c + 1, size - 1)
+        crowded = np.flatnonzero(same_hi & ~recent & (at_c + 1 < size) & (run.hi[next_c] == hi))
+        for i in crowded.tolist():
+            j = int(at_c[i])
+            while j < size and run.hi[j] == hi[i]:
+                if run.lo[j] == lo[i] and self._within(int(run.seconds[j]), int(seconds[i])):
+                    keep[i] = False
+                    break
+                j += 1
+
+    def _check_batch(self, repeats: I64, hi: U64, lo: U64, seconds: U32, keep: Mask) -> None:
+        """Ids repeated within the batch (sorted by hash, equal ones in offset order)."""
+        groups: dict[int, list[int]] = {}
+        for k in repeats.tolist():
+            members = groups.setdefault(int(hi[k]), [k])
+            members.append(k + 1)
+        for members in groups.values():
+            for n, later in enumerate(members):
+                if not keep[later]:
+                    continue
+                for earlier in members[:n]:
+                    if (
+                        keep[earlier]
+                        and lo[earlier] == lo[later]
+                        and self._within(int(seconds[earlier]), int(seconds[later]))
+                    ):
+                        keep[later] = False
+                        break
+
+    def _add(self, run: _Run) -> None:
+        runs = self._runs
+        runs.append(run)
+        while len(runs) >= 2 and len(runs[-2]) <= len(runs[-1]):
+            last = runs.pop()
+            runs[-1] = _merge(runs[-1], last)
+
+    def _expire(self, now_s: int) -> None:
+        step = now_s * GC_STEPS // self._horizon_s
+        if step <= self._gc_step:
+            return
+        self._gc_step = step
+        oldest = now_s - self._horizon_s
+        runs = []
+        for run in self._runs:
+            live = run.seconds >= oldest
+            if live.all():
+                runs.append(run)
+            elif live.any():
+                runs.append(_Run(run.hi[live], run.lo[live], run.seconds[live]))
+        self._runs = []
+        for run in sorted(runs, key=len, reverse=True):
+            self._add(run)
+
+    # -- recovery -------------------------------------------------------------------
+
+    def snapshot(self) -> IdMemorySnapshot:
+        return IdMemorySnapshot(
+            self._horizon_s,
+            self._gc_step,
+            tuple((r.hi.tobytes(), r.lo.tobytes(), r.seconds.tobytes()) for r in self._runs),
+        )
+
+    @classmethod
+    def restore(cls, snapshot: IdMemorySnapshot, horizon_s: int) -> "IdMemory":
+        memory = cls(horizon_s)
+        memory._gc_step = snapshot.gc_step if snapshot.horizon_s == horizon_s else -1
+        memory._runs = [
+            _Run(
+                np.frombuffer(hi, dtype=np.uint64),
+                np.frombuffer(lo, dtype=np.uint64),
+                np.frombuffer(seconds, dtype=np.uint32),
+            )
+            for hi, lo, seconds in snapshot.runs
+        ]
+        return memory

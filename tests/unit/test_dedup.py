@@ -1,0 +1,114 @@
+"""The id memory behind dedup, against a plain dict of last-counted times."""
+
+import pickle
+import random
+
+import numpy as np
+import pytest
+from xxhash import xxh3_128_digest
+
+from pulse.dedup import BYTES_PER_ID, DIGEST_BYTES, IdMemory
+
+
+def digest(key: str) -> bytes:
+    return xxh3_128_digest(key.encode())
+
+
+def reference(events: list[tuple[str, int]], horizon_s: int) -> list[bool]:
+    """First sightings: no counted event with the key within `horizon_s` log seconds."""
+    counted: dict[str, int] = {}
+    out = []
+    for key, log_ms in events:
+        now = log_ms // 1000
+        before = counted.get(key)
+        if before is not None and now - before <= horizon_s:
+            out.append(False)
+        else:
+            counted[key] = now
+            out.append(True)
+    return out
+
+
+def events(seed: int, n: int, keys: int) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    clock = 1_764_000_000_000
+    out = []
+    for _ in range(n):
+        clock += rng.randrange(0, 60)
+        out.append((f"c\0{rng.randrange(keys)}", clock))
+    return out
+
+
+def decide(memory: IdMemory, batch: list[tuple[str, int]]) -> list[bool]:
+    digests = b"".join(digest(key) for key, _ in batch)
+    decided: list[bool] = memory.admit(digests, [t for _, t in batch]).tolist()
+    return decided
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_decisions_match_the_reference_whatever_the_batches(seed: int) -> None:
+    stream = events(seed, 60_000, keys=20_000)
+    want = reference(stream, horizon_s=45)
+    rng = random.Random(seed)
+    memory = IdMemory(45)
+    got: list[bool] = []
+    i = 0
+    while i < len(stream):
+        size = rng.choice([1, 7, 500, 3000])
+        got += decide(memory, stream[i : i + size])
+        i += size
+    assert got == want
+    assert 0 < want.count(False) < len(want)
+
+
+def test_a_retry_in_the_same_batch_is_a_duplicate() -> None:
+    memory = IdMemory(60)
+    t = 1_764_000_000_000
+    batch = [("a", t), ("b", t), ("a", t + 1), ("a", t + 2), ("c", t + 3)]
+    assert decide(memory, batch) == [True, True, False, False, True]
+    assert decide(memory, [("b", t + 10_000), ("d", t + 10_000)]) == [False, True]
+
+
+def test_ids_are_forgotten_after_the_horizon_and_memory_shrinks() -> None:
+    memory = IdMemory(60)
+    t = 1_764_000_000_000
+    decide(memory, [(f"k{i}", t) for i in range(1000)])
+    assert len(memory) == 1000
+    # 60 s later: still within the horizon (inclusive, in whole seconds).
+    assert decide(memory, [("k1", t + 60_999)]) == [False]
+    # 61 s later: a new event, remembered anew; the old ids are dropped.
+    assert decide(memory, [("k2", t + 61_000)]) == [True]
+    assert decide(memory, [("k3", t + 130_000)]) == [True]
+    assert len(memory) == 1
+
+
+def test_memory_per_id_is_twenty_bytes() -> None:
+    memory = IdMemory(3600)
+    t = 1_764_000_000_000
+    for start in range(0, 100_000, 5000):
+        decide(memory, [(f"id-{i}", t + i) for i in range(start, start + 5000)])
+    assert len(memory) == 100_000
+    assert memory.nbytes == BYTES_PER_ID * 100_000
+    assert memory.run_count <= 17  # about log2(ids / batch) + 1
+
+
+def test_a_64_bit_half_collision_is_not_a_duplicate() -> None:
+    memory = IdMemory(60)
+    a = b"\x01" * 8 + b"\x02" * 8
+    b = b"\x01" * 8 + b"\x03" * 8  # the same first half, another id
+    assert memory.admit(a, [1000]).tolist() == [True]
+    assert memory.admit(b, [1000]).tolist() == [True]
+    assert memory.admit(a + b, [2000, 2000]).tolist() == [False, False]
+    assert len(a) == DIGEST_BYTES
+
+
+def test_a_snapshot_restores_the_same_decisions() -> None:
+    stream = events(9, 20_000, keys=5000)
+    want = reference(stream, horizon_s=30)
+    memory = IdMemory(30)
+    first = decide(memory, stream[:10_000])
+    restored = IdMemory.restore(pickle.loads(pickle.dumps(memory.snapshot())), 30)
+    assert first + decide(restored, stream[10_000:]) == want
+    assert np.array_equal(
+        restored.admit(b"", []), np.ones(0, dtype=np.bool_)
+    )  # an empty batch decides nothing
