@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
-from xxhash import xxh3_128_digest
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.aggregation import LateEvent
+from pulse.dedup import event_digest
 from pulse.preagg import Record, RecordBatch, heartbeat_record
 from pulse.validation import Limits, check_values
 from sinks.kafka_outputs import SideRecord
@@ -137,8 +137,7 @@ class Decoder:
                 continue
             user = event.dimensions.get(USER_DIMENSION, "")
             batch.records.append((campaign_id, event_type, ts, value, user, msg.offset() or 0, raw))
-            # Ids hold no control characters (validated), so NUL separates them unambiguously.
-            digests.append(xxh3_128_digest(f"{campaign_id}\0{event_id}".encode()))
+            digests.append(event_digest(campaign_id, event_id))
             batch.last_log_ms = max(batch.last_log_ms, ts)
             log_times.append(batch.last_log_ms)
         parents = trace_parents(items) if self.trace else {}

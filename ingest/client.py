@@ -1,6 +1,6 @@
 """A small async client for the ingest edge: batches events and streams them."""
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 
 import grpc
 
@@ -46,13 +46,19 @@ class PulseClient:
         return await self.ingest_batches(batches(), metadata)
 
     async def ingest_batches(
-        self, batches: Iterable[pb.EventBatch], metadata: tuple[tuple[str, str], ...] = ()
+        self,
+        batches: Iterable[pb.EventBatch] | AsyncIterable[pb.EventBatch],
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> pb.IngestResponse:
         """Send ready-made batches in one call (the cheapest way to stream many events)."""
 
         async def stream() -> AsyncIterator[pb.EventBatch]:
-            for batch in batches:
-                yield batch
+            if isinstance(batches, AsyncIterable):
+                async for batch in batches:
+                    yield batch
+            else:
+                for batch in batches:
+                    yield batch
 
         response: pb.IngestResponse = await self._stub.IngestEventBatches(
             stream(), metadata=metadata

@@ -16,6 +16,10 @@ EVENTS_ACCEPTED = Counter(
 EVENTS_REJECTED = Counter(
     "pulse_ingest_events_rejected_total", "Events rejected by validation", ["reason"]
 )
+DUPLICATES = Counter(
+    "pulse_ingest_duplicate_events_total",
+    "Events not written because this edge had Kafka acknowledge them before (retries)",
+)
 DELIVERY_FAILURES = Counter(
     "pulse_ingest_delivery_failures_total", "Batches Kafka did not acknowledge"
 )

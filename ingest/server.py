@@ -24,12 +24,20 @@ from sinks.timescale_reader import TimescaleMetricsReader
 from .heartbeat import HeartbeatWriter, edge_source
 from .interceptors import MetricsInterceptor
 from .producer import KafkaEventProducer
+from .recent_ids import RecentIds
 from .servicer import AnalyticsServicer
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
 HEALTH_INTERVAL_S = 5.0
+
+
+def recent_ids(settings: IngestSettings) -> RecentIds | None:
+    """The edge's memory of acknowledged ids, or None when dedup or the memory is off."""
+    if not (settings.dedup_horizon_seconds and settings.edge_dedup_ids):
+        return None
+    return RecentIds(settings.dedup_horizon_seconds, settings.edge_dedup_ids, now_ms)
 
 
 async def _watch_health(
@@ -80,6 +88,7 @@ async def serve(settings: IngestSettings) -> None:
         settings.max_batch_events,
         now_ms,
         tracer=tracing.tracer,
+        recent=recent_ids(settings),
     )
     server = grpc.aio.server(
         interceptors=[MetricsInterceptor(tracing.tracer)],

@@ -11,12 +11,14 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
+from pulse.dedup import event_digest
 from pulse.errors import KafkaDeliveryError, PulseError, QueryError, SinkError
 from pulse.query import MetricPointRow, MetricsQuery
 from pulse.validation import Limits, Reason, check_event
 from sinks import otel
 
 from . import metrics
+from .recent_ids import RecentIds
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,76 @@ class _BatchTooLargeError(PulseError):
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"batch of {size} events exceeds the limit of {limit}")
+
+
+async def _fail_if(
+    method: str,
+    context: Context,
+    response: pb.IngestResponse,
+    *,
+    received: int,
+    too_large: _BatchTooLargeError | None,
+    failures: list[str],
+) -> None:
+    """End the call with INVALID_ARGUMENT (a batch over the limit) or UNAVAILABLE (Kafka
+    did not acknowledge everything), saying how many events were accepted."""
+    if too_large is not None:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{too_large}; the {response.accepted} events before it were accepted",
+        )
+    if failures:
+        valid = received - response.dropped - response.duplicates  # those sent to Kafka
+        _log_rpc_error(
+            method,
+            context,
+            f"UNAVAILABLE, {response.accepted} of {valid} valid events acknowledged: {failures[0]}",
+        )
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"Kafka did not acknowledge all events ({response.accepted} of {valid} valid "
+            f"events were acknowledged): {failures[0]}",
+        )
+
+
+class _CallIds:
+    """One call's view of event ids: acknowledged before, or already sent in this call."""
+
+    __slots__ = ("_group", "_pending", "_recent")
+
+    def __init__(self, recent: RecentIds | None) -> None:
+        self._recent = recent
+        self._pending: set[bytes] = set()  # sent in this call, not yet acknowledged
+        self._group: list[bytes] = []  # the ids of the group being produced
+
+    @property
+    def enabled(self) -> bool:
+        return self._recent is not None
+
+    def new(
+        self, records: list[tuple[bytes, bytes]], digests: list[bytes]
+    ) -> tuple[list[tuple[bytes, bytes]], int]:
+        """The records whose ids are new, and how many were duplicates."""
+        assert self._recent is not None
+        known = self._recent.seen(b"".join(digests)).tolist()
+        fresh: list[tuple[bytes, bytes]] = []
+        pending = self._pending
+        for record, digest, seen in zip(records, digests, known, strict=True):
+            if seen or digest in pending:
+                continue
+            pending.add(digest)
+            self._group.append(digest)
+            fresh.append(record)
+        return fresh, len(records) - len(fresh)
+
+    def take_group(self) -> list[bytes]:
+        group, self._group = self._group, []
+        return group
+
+    def acknowledged(self, digests: list[bytes]) -> None:
+        if self._recent is not None and digests:
+            self._recent.remember(b"".join(digests))
+            self._pending.difference_update(digests)
 
 
 class Delivery(Protocol):
@@ -97,6 +169,9 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     With a `tracer`, each group of records produced together (a `Delivery`) is a
     PRODUCER span, a child of the current span (the RPC's, see `interceptors.py`), and
     its records carry the span's W3C `traceparent` in their Kafka headers.
+
+    With `recent` ids, events this edge had acknowledged before (and repeats within a
+    call) are not written again but counted in `duplicates`.
     """
 
     def __init__(
@@ -108,8 +183,10 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         clock_ms: Callable[[], int],
         *,
         tracer: Tracer | None = None,
+        recent: RecentIds | None = None,
     ) -> None:
         self._producer = producer
+        self._recent = recent
         self._tracer = tracer
         self._reader = reader
         self._limits = limits
@@ -138,29 +215,32 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self, method: str, batches: AsyncIterator[Sequence[pb.RawEvent]], context: Context
     ) -> pb.IngestResponse:
         response = pb.IngestResponse()
-        inflight: deque[tuple[asyncio.Task[float], int]] = deque()
+        inflight: deque[tuple[asyncio.Task[float], int, list[bytes]]] = deque()
         inflight_events = 0
         index = 0
         failures: list[str] = []
         delivery: Delivery | None = None
+        ids = _CallIds(self._recent)
 
         def close_delivery() -> None:
             # Also an empty group: it may hold an error from a record Kafka refused.
             nonlocal delivery, inflight_events
             if delivery is not None:
-                inflight.append((asyncio.ensure_future(delivery.acknowledged()), delivery.size))
+                task = asyncio.ensure_future(delivery.acknowledged())
+                inflight.append((task, delivery.size, ids.take_group()))
                 inflight_events += delivery.size
             delivery = None
 
         async def settle() -> None:
             nonlocal inflight_events
-            task, size = inflight.popleft()
+            task, size, digests = inflight.popleft()
             inflight_events -= size
             try:
                 metrics.PRODUCE_SECONDS.observe(await task)
                 metrics.BATCH_EVENTS.observe(size)
                 metrics.EVENTS_ACCEPTED.inc(size)
                 response.accepted += size
+                ids.acknowledged(digests)
             except KafkaDeliveryError as exc:
                 metrics.DELIVERY_FAILURES.inc()
                 failures.append(str(exc))
@@ -168,7 +248,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         too_large: _BatchTooLargeError | None = None
         try:
             async for events in batches:
-                records = self._validate(events, index, response)
+                records = self._validate(events, index, response, ids)
                 index += len(events)
                 if records:
                     if delivery is None:
@@ -186,23 +266,9 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             close_delivery()
             while inflight:
                 await settle()
-        if too_large is not None:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{too_large}; the {response.accepted} events before it were accepted",
-            )
-        if failures:
-            _log_rpc_error(
-                method,
-                context,
-                f"UNAVAILABLE, {response.accepted} of {index - response.dropped} valid events "
-                f"acknowledged: {failures[0]}",
-            )
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"Kafka did not acknowledge all events ({response.accepted} of "
-                f"{index - response.dropped} valid events were acknowledged): {failures[0]}",
-            )
+        await _fail_if(
+            method, context, response, received=index, too_large=too_large, failures=failures
+        )
         return response
 
     def _open_delivery(self) -> Delivery:
@@ -217,12 +283,18 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         return _TracedDelivery(self._producer.open(otel.kafka_headers(span)), span)
 
     def _validate(
-        self, events: Sequence[pb.RawEvent], first_index: int, response: pb.IngestResponse
+        self,
+        events: Sequence[pb.RawEvent],
+        first_index: int,
+        response: pb.IngestResponse,
+        ids: "_CallIds",
     ) -> list[tuple[bytes, bytes]]:
-        """Check each event; record rejections in the response; return Kafka records."""
+        """Check each event; record rejections and duplicates in the response; return
+        the Kafka records to write."""
         now = self._clock_ms()
         limits = self._limits
         records: list[tuple[bytes, bytes]] = []
+        digests: list[bytes] = []
         max_bytes = limits.max_event_bytes
         for offset, event in enumerate(events):
             problem = check_event(event, now, limits)
@@ -230,6 +302,8 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 value = event.SerializeToString()
                 if len(value) <= max_bytes:
                     records.append((event.campaign_id.encode(), value))
+                    if ids.enabled:
+                        digests.append(event_digest(event.campaign_id, event.event_id))
                     continue
                 problem = (
                     Reason.FIELD_TOO_LONG,
@@ -247,6 +321,10 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     detail=detail,
                 )
         metrics.EVENTS_RECEIVED.inc(len(events))
+        if ids.enabled and records:
+            records, duplicates = ids.new(records, digests)
+            response.duplicates += duplicates
+            metrics.DUPLICATES.inc(duplicates)
         return records
 
     async def QueryMetrics(  # noqa: N802
@@ -284,6 +362,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     last_event_ms=row.last_event_ms or 0,
                     late_events=row.late_events,
                     closed=row.closed,
+                    on_time_count=row.on_time_count,
                 )
         except SinkError as exc:
             _log_rpc_error("QueryMetrics", context, f"the metrics store failed: {exc}")

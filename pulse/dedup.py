@@ -28,10 +28,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from xxhash import xxh3_128_digest
 
 DIGEST_BYTES = 16  # one 128-bit hash per event id
 BYTES_PER_ID = 20  # two uint64 halves and a uint32 second
 GC_STEPS = 16  # expired ids are dropped each time log time crosses 1/16 of the horizon
+
+
+def event_digest(campaign_id: str, event_id: str) -> bytes:
+    """The 128-bit hash an event is remembered by. Valid ids hold no control characters,
+    so NUL separates them unambiguously."""
+    return xxh3_128_digest(f"{campaign_id}\0{event_id}".encode())
+
 
 U64 = npt.NDArray[np.uint64]
 U32 = npt.NDArray[np.uint32]
@@ -68,6 +76,18 @@ def _merge(a: _Run, b: _Run) -> _Run:
     return _Run(hi[order], lo, np.concatenate((a.seconds, b.seconds))[order])
 
 
+def _sorted(digests: bytes, log_ms: Sequence[int] | I64, n: int) -> tuple[U64, U64, U32, I64]:
+    """The batch's hash halves and seconds, sorted by `hi` (equal hashes keep their
+    order), and the sorting permutation. Lookups in sorted order touch memory in order:
+    three times faster than in arrival order."""
+    halves = np.frombuffer(digests, dtype="<u8").reshape(n, 2)
+    order = np.argsort(halves[:, 0], kind="stable")
+    hi = halves[order, 0].astype(np.uint64)
+    lo = halves[order, 1].astype(np.uint64)
+    seconds = (np.asarray(log_ms, dtype=np.int64)[order] // 1000).astype(np.uint32)
+    return hi, lo, seconds, order
+
+
 class IdMemory:
     """The event-id hashes one partition saw within the horizon, with their log times."""
 
@@ -99,25 +119,61 @@ class IdMemory:
         `digests` holds one 16-byte hash per event, `log_ms` each event's partition log
         time in milliseconds (non-decreasing). First sightings are remembered.
         """
+        return self._decide(digests, log_ms, remember=True)
+
+    def seen(self, digests: bytes, log_ms: Sequence[int] | I64) -> Mask:
+        """True where an id was remembered within the horizon of its time (no change)."""
+        return ~self._decide(digests, log_ms, remember=False, within_batch=False)
+
+    def remember(self, digests: bytes, log_ms: Sequence[int] | I64) -> None:
+        """Remember ids (decided elsewhere, e.g. once Kafka acknowledged them)."""
+        n = len(digests) // DIGEST_BYTES
+        if n == 0:
+            return
+        hi, lo, seconds, _order = _sorted(digests, log_ms, n)
+        self._add(_Run(hi, lo, seconds))
+        self._expire(int(seconds.max()))
+
+    def shrink_to(self, max_ids: int) -> None:
+        """Forget the oldest ids until at most `max_ids` remain."""
+        total = len(self)
+        if total <= max_ids:
+            return
+        seconds = np.concatenate([run.seconds for run in self._runs])
+        # Keep ids newer than the second that holds the (total - max_ids)-th oldest id.
+        cutoff = int(np.partition(seconds, total - max_ids)[total - max_ids])
+        runs = [
+            _Run(r.hi[m], r.lo[m], r.seconds[m])
+            for r in self._runs
+            if (m := r.seconds > cutoff).any()
+        ]
+        self._runs = []
+        for run in sorted(runs, key=len, reverse=True):
+            self._add(run)
+
+    def _decide(
+        self,
+        digests: bytes,
+        log_ms: Sequence[int] | I64,
+        *,
+        remember: bool,
+        within_batch: bool = True,
+    ) -> Mask:
         n = len(digests) // DIGEST_BYTES
         if n == 0:
             return np.ones(0, dtype=np.bool_)
-        halves = np.frombuffer(digests, dtype="<u8").reshape(n, 2)
-        # Sorted by `hi` (equal hashes stay in offset order): lookups in sorted order
-        # touch memory in order, three times faster than in arrival order.
-        order = np.argsort(halves[:, 0], kind="stable")
-        hi = halves[order, 0].astype(np.uint64)
-        lo = halves[order, 1].astype(np.uint64)
-        seconds = (np.asarray(log_ms, dtype=np.int64)[order] // 1000).astype(np.uint32)
+        hi, lo, seconds, order = _sorted(digests, log_ms, n)
         keep = np.ones(n, dtype=np.bool_)
         for run in self._runs:
             self._check_run(run, hi, lo, seconds, keep)
-        repeats = np.flatnonzero(hi[1:] == hi[:-1])
-        if len(repeats):
-            self._check_batch(repeats, hi, lo, seconds, keep)
-        if keep.any():
-            self._add(_Run(hi[keep], lo[keep], seconds[keep]))
-        self._expire(int(seconds.max()))
+        if within_batch:
+            repeats = np.flatnonzero(hi[1:] == hi[:-1])
+            if len(repeats):
+                self._check_batch(repeats, hi, lo, seconds, keep)
+        if remember:
+            if keep.any():
+                self._add(_Run(hi[keep], lo[keep], seconds[keep]))
+            self._expire(int(seconds.max()))
         decided = np.empty(n, dtype=np.bool_)
         decided[order] = keep
         return decided

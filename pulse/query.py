@@ -68,7 +68,7 @@ class MetricsQuery:
 class MetricPointRow:
     """One point of a query answer.
 
-    Value and event-time fields are None while the bucket holds no on-time event; the
+    Value and event-time fields are None while the bucket holds no counted event; the
     quantiles also until the bucket's sketches are known (hours and days: merged from
     closed windows).
     """
@@ -76,7 +76,7 @@ class MetricPointRow:
     campaign_id: str
     event_type: str
     bucket_start_ms: int
-    event_count: int  # on-time events
+    event_count: int  # every counted event: on time, plus late corrections
     value_sum: float
     value_min: float | None = None
     value_max: float | None = None
@@ -87,5 +87,6 @@ class MetricPointRow:
     value_p99: float | None = None
     first_event_ms: int | None = None
     last_event_ms: int | None = None
-    late_events: int = 0  # arrived after the bucket closed; not in the other fields
-    closed: bool = False  # the watermark passed the bucket: its values are final
+    late_events: int = 0  # arrived after the bucket closed (corrections included)
+    closed: bool = False  # the watermark passed the bucket
+    on_time_count: int = 0  # counted when the bucket closed (or so far, while open)

@@ -46,6 +46,13 @@ class CommonSettings(BaseSettings):
     max_event_age_seconds: int = Field(
         7 * 86_400, ge=1, description="oldest event the edge accepts (and the flow corrects)"
     )
+    dedup_horizon_seconds: int = Field(
+        3600,
+        ge=0,
+        le=7 * 86_400,
+        description="an event whose campaign and event id were counted this recently is a "
+        "retry and is dropped (0: no dedup)",
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -95,6 +102,13 @@ class IngestSettings(CommonSettings):
         8081, ge=0, le=65_535, description="HTTP /healthz and /readyz port; 0 disables"
     )
 
+    edge_dedup_ids: int = Field(
+        1_000_000,
+        ge=0,
+        description="event ids this edge remembers once acknowledged, to answer retries "
+        "itself (20 bytes each; 0: leave every retry to the dataflow)",
+    )
+
     def limits(self) -> Limits:
         return Limits(
             max_age_ms=self.max_event_age_seconds * 1000,
@@ -138,12 +152,6 @@ class FlowSettings(CommonSettings):
         ge=0,
         description="late events of windows that closed at most this long ago correct them; "
         "older ones go to the late topic (default: PULSE_MAX_EVENT_AGE_SECONDS; 0: none)",
-    )
-    dedup_horizon_seconds: int = Field(
-        3600,
-        ge=0,
-        description="an event whose campaign and event id were seen this recently is a "
-        "retry and is dropped (0: no dedup)",
     )
 
     @property

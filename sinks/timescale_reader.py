@@ -22,7 +22,7 @@ _RELATIONS = {
 _QUERY = """
 SELECT campaign_id, event_type, bucket, event_count, value_sum, value_min, value_max,
        value_avg, unique_users, value_p50, value_p95, value_p99, first_event_at,
-       last_event_at, late_events, closed
+       last_event_at, late_events, closed, on_time_count
 FROM {relation}
 WHERE campaign_id = %(campaign_id)s
   AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
@@ -37,7 +37,7 @@ def _optional_ms(value: datetime | None) -> int | None:
 
 def _point(row: tuple[Any, ...]) -> MetricPointRow:
     campaign_id, event_type, bucket, count, total, vmin, vmax, avg, users = row[:9]
-    p50, p95, p99, first, last, late, closed = row[9:]
+    p50, p95, p99, first, last, late, closed, on_time = row[9:]
     return MetricPointRow(
         campaign_id,
         event_type,
@@ -55,6 +55,7 @@ def _point(row: tuple[Any, ...]) -> MetricPointRow:
         _optional_ms(last),
         late,
         closed,
+        on_time,
     )
 
 

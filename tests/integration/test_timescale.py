@@ -148,11 +148,16 @@ def test_migrate_is_idempotent_and_makes_the_hypertables(database: str) -> None:
     ) == [
         ("event_metrics_event_count_check", "CHECK ((event_count >= 0))"),
         ("event_metrics_late_events_check", "CHECK ((late_events >= 0))"),
+        (
+            "event_metrics_on_time_count_check",
+            "CHECK (((on_time_count >= 0) AND (on_time_count <= event_count)))",
+        ),
     ]
 
 
-def test_migration_002_upgrades_existing_rows_and_chunks(stack: Stack) -> None:
-    """Rows written under 001 keep their values and become open rows of their count."""
+def test_migrations_upgrade_existing_rows_and_chunks(stack: Stack) -> None:
+    """Rows written under 001 keep their values and become open, uncorrected rows of their
+    count."""
     name = f"pulse_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(stack.admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -172,10 +177,13 @@ def test_migration_002_upgrades_existing_rows_and_chunks(stack: Stack) -> None:
                 " value_sum) VALUES (%s, 'old', 'click', 4, 2.0)",
                 (at(T0),),
             )
-        assert migrate(dsn) == ["002_analytics.sql"]
+        assert migrate(dsn) == ["002_analytics.sql", "003_corrections.sql"]
         assert stored(dsn, "old") == [
             ("click", at(T0), 4, 2.0, None, None, 0.5, 0, *(None,) * 5, 0, False, 8, None, None)
         ]
+        assert fetch(
+            dsn, "SELECT on_time_count, corrected_offset, corrected_at FROM event_metrics"
+        ) == [(4, -1, None)]
         # The existing chunk lost the old CHECK too: a late-only row fits in it.
         part = sink(dsn)
         part.write_batch([late("old", T0 + MINUTE, 1)])
@@ -524,10 +532,10 @@ def test_reader_serves_minutes_hours_and_days_with_every_column(database: str) -
             await reader.close()
 
     minute_10 = MetricPointRow(
-        *(c, "click", T0, 2, 1.0, 0.25, 0.75, 0.5, 2, 0.5, 0.5, 0.5, T0, T0 + 2, 1, True)
+        *(c, "click", T0, 2, 1.0, 0.25, 0.75, 0.5, 2, 0.5, 0.5, 0.5, T0, T0 + 2, 1, True, 2)
     )
     view_10 = MetricPointRow(
-        *(c, "view", T0, 4, 2.0, 0.5, 0.5, 0.5, 4, 0.5, 0.5, 0.5, T0, T0 + 4, 0, False)
+        *(c, "view", T0, 4, 2.0, 0.5, 0.5, 0.5, 4, 0.5, 0.5, 0.5, T0, T0 + 4, 0, False, 4)
     )
     late_only = MetricPointRow(c, "click", T0 + 2 * MINUTE, 0, 0.0, late_events=1, closed=True)
     assert asyncio.run(query("", T0, T0 + 3 * MINUTE, 1)) == [
@@ -535,7 +543,7 @@ def test_reader_serves_minutes_hours_and_days_with_every_column(database: str) -
         view_10,
         MetricPointRow(
             *(c, "click", T0 + MINUTE, 3, 3.0, 0.5, 1.5, 1.0, 3, 1.0, 1.5, 1.5),
-            *(T0 + MINUTE + 10, T0 + MINUTE + 20, 0, True),
+            *(T0 + MINUTE + 10, T0 + MINUTE + 20, 0, True, 3),
         ),
         late_only,
     ]
@@ -543,28 +551,30 @@ def test_reader_serves_minutes_hours_and_days_with_every_column(database: str) -
         late_only,
         MetricPointRow(
             *(c, "click", T0 + HOUR, 1, 2.0, 2.0, 2.0, 2.0, 1, 2.0, 2.0, 2.0),
-            *(T0 + HOUR + 5, T0 + HOUR + 5, 0, False),
+            *(T0 + HOUR + 5, T0 + HOUR + 5, 0, False, 1),
         ),
     ]
     assert asyncio.run(query("click", T0 + 5, T0 + HOUR + 6, 2)) == [
         MetricPointRow(
             *(c, "click", T0, 5, 4.0, 0.25, 1.5, 0.8, 2, 5.0, 10.0, 20.0),
-            *(T0, T0 + MINUTE + 20, 2, True),
+            *(T0, T0 + MINUTE + 20, 2, True, 5),
         ),
         MetricPointRow(
             *(c, "click", T0 + HOUR, 1, 2.0, 2.0, 2.0, 2.0, 0),
             first_event_ms=T0 + HOUR + 5,
             last_event_ms=T0 + HOUR + 5,
+            on_time_count=1,
         ),
     ]
     assert asyncio.run(query("", T0, T0 + 1, 3)) == [
         MetricPointRow(
             *(c, "click", T0 - 10 * HOUR, 6, 6.0, 0.25, 2.0, 1.0, 2, 5.0, 10.0, 20.0),
-            *(T0, T0 + HOUR + 5, 2, False),
+            *(T0, T0 + HOUR + 5, 2, False, 6),
         ),
         MetricPointRow(
             *(c, "view", T0 - 10 * HOUR, 4, 2.0, 0.5, 0.5, 0.5, 0),
             first_event_ms=T0,
             last_event_ms=T0 + 4,
+            on_time_count=4,
         ),
     ]
