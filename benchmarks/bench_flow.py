@@ -1,8 +1,15 @@
 """Dataflow throughput: events/s of `pulse flow` reading a pre-filled topic to its end.
 
-Fills a fresh topic with N events, runs the dataflow (`PULSE_TAIL=false`, so it stops at
-the end of the topic) into a fresh database, checks the total count, and reports
-events/s including start-up, and after subtracting the time of an empty run.
+Three datasets of N events over 100 campaigns, each read by a fresh dataflow
+(`PULSE_TAIL=false`, so it stops at the end of the topic) into a fresh database:
+
+- on time: events spread over the last hour, in time order;
+- on time with dedup off (`PULSE_DEDUP_HORIZON_SECONDS=0`): the cost of dedup per event;
+- backfill: the same events an hour older, after a heartbeat at the current time in
+  every partition, so every window is closed and every event corrects its window.
+
+Each run checks the total count. Rounds alternate the runs; the best round of each is
+reported, after subtracting the time of an empty run (start-up and shutdown).
 """
 
 import argparse
@@ -12,17 +19,30 @@ import time
 from pathlib import Path
 
 import psycopg
+from confluent_kafka import Producer
 
 from ingest.producer import KafkaEventProducer
+from protos.analytics.v1 import analytics_pb2 as pb
 
 from .common import free_port, fresh_database, fresh_topics, pulse_process, stack, synthetic_events
 
+CAMPAIGNS = 100
+PARTITIONS = 4
+HOUR_MS = 3_600_000
 
-async def fill(bootstrap: str, topic: str, n: int, chunk: int = 100_000) -> None:
+
+async def fill(bootstrap: str, topic: str, n: int, age_ms: int = 0, chunk: int = 100_000) -> None:
     producer = KafkaEventProducer(bootstrap, topic, timeout_s=60)
     try:
         for start in range(0, n, chunk):
-            events = synthetic_events(min(chunk, n - start), seed=start + 1, first=start, total=n)
+            events = synthetic_events(
+                min(chunk, n - start),
+                campaigns=CAMPAIGNS,
+                seed=start + 1,
+                first=start,
+                total=n,
+                age_ms=age_ms,
+            )
             records = [(e.campaign_id.encode(), e.SerializeToString()) for e in events]
             for i in range(0, len(records), 10_000):
                 await producer.send(records[i : i + 10_000])
@@ -30,7 +50,23 @@ async def fill(bootstrap: str, topic: str, n: int, chunk: int = 100_000) -> None
         producer.close()
 
 
-def run_flow(bootstrap: str, admin_dsn: str, topics: dict[str, str], expect: int) -> float:
+def heartbeats(bootstrap: str, topic: str) -> None:
+    """One heartbeat at the current time in every partition, as the edge writes them."""
+    producer = Producer({"bootstrap.servers": bootstrap})
+    beat = pb.Heartbeat(wall_time_ms=int(time.time() * 1000), source="bench").SerializeToString()
+    for partition in range(PARTITIONS):
+        producer.produce(topic, beat, b"", partition=partition)
+    if producer.flush(30):
+        raise SystemExit("heartbeats were not acknowledged")
+
+
+def run_flow(
+    bootstrap: str,
+    admin_dsn: str,
+    topics: dict[str, str],
+    expect: int,
+    extra_env: dict[str, str] | None = None,
+) -> float:
     with fresh_database(admin_dsn) as dsn, tempfile.TemporaryDirectory() as tmp:
         env = {
             "PULSE_KAFKA_BOOTSTRAP": bootstrap,
@@ -41,6 +77,7 @@ def run_flow(bootstrap: str, admin_dsn: str, topics: dict[str, str], expect: int
             "PULSE_TOPIC_NOTIFICATIONS": topics["notifications"],
             "PULSE_TAIL": "false",
             "PULSE_API_PORT": str(free_port()),
+            **(extra_env or {}),
         }
         started = time.perf_counter()
         with pulse_process("flow", env, Path(tmp)) as proc:
@@ -61,21 +98,41 @@ def run_flow(bootstrap: str, admin_dsn: str, topics: dict[str, str], expect: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", "--events", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    n = args.events
     bootstrap, admin_dsn = stack()
-    topics = fresh_topics(bootstrap)
-    empty = fresh_topics(bootstrap)
+    on_time = fresh_topics(bootstrap, PARTITIONS)
+    backfill = fresh_topics(bootstrap, PARTITIONS)
+    empty = fresh_topics(bootstrap, PARTITIONS)
     t0 = time.perf_counter()
-    asyncio.run(fill(bootstrap, topics["raw"], args.events))
-    print(f"filled {topics['raw']} with {args.events:,} events in {time.perf_counter() - t0:.1f} s")
-    idle = run_flow(bootstrap, admin_dsn, empty, 0)
-    total = run_flow(bootstrap, admin_dsn, topics, args.events)
-    print(f"{'dataflow run':<40}{'seconds':>9}{'events/s':>12}")
-    print(f"{'empty topic (start-up and shutdown)':<40}{idle:>9.2f}{'':>12}")
-    print(f"{'pre-filled topic, end to end':<40}{total:>9.2f}{args.events / total:>12,.0f}")
+    asyncio.run(fill(bootstrap, on_time["raw"], n))
+    heartbeats(bootstrap, backfill["raw"])
+    asyncio.run(fill(bootstrap, backfill["raw"], n, age_ms=HOUR_MS))
+    print(f"filled two topics with {n:,} events each in {time.perf_counter() - t0:.1f} s")
+    runs = {
+        "on time (dedup on)": (on_time, {}),
+        "on time, dedup off": (on_time, {"PULSE_DEDUP_HORIZON_SECONDS": "0"}),
+        "backfill, 1-2 h old (dedup on)": (backfill, {}),
+    }
+    best = dict.fromkeys(runs, float("inf"))
+    idle = float("inf")
+    for _ in range(args.rounds):
+        idle = min(idle, run_flow(bootstrap, admin_dsn, empty, 0))
+        for name, (topics, env) in runs.items():
+            best[name] = min(best[name], run_flow(bootstrap, admin_dsn, topics, n, env))
+    print(f"{'dataflow run (best of ' + str(args.rounds) + ')':<34}{'seconds':>9}{'events/s':>12}")
+    print(f"{'empty topic (start-up, shutdown)':<34}{idle:>9.2f}")
+    rate = {}
+    for name, seconds in best.items():
+        rate[name] = n / max(seconds - idle, 1e-9)
+        print(f"{name:<34}{seconds:>9.2f}{rate[name]:>12,.0f}  (minus start-up)")
+    on, off = best["on time (dedup on)"] - idle, best["on time, dedup off"] - idle
+    ratio = rate["backfill, 1-2 h old (dedup on)"] / rate["on time (dedup on)"]
+    print(f"backfill / on-time rate: {ratio:.2f}")
     print(
-        f"{'pre-filled topic, minus start-up':<40}{total - idle:>9.2f}"
-        f"{args.events / max(total - idle, 1e-9):>12,.0f}"
+        f"dedup: {(on - off) / n * 1e6:+.2f} us per event in the dataflow; "
+        f"on-time rate with dedup / without: {off / on:.2f}"
     )
 
 

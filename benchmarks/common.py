@@ -63,13 +63,19 @@ def fresh_database(admin_dsn: str) -> Iterator[str]:
 
 
 def synthetic_events(
-    n: int, campaigns: int = 50, seed: int = 1, first: int = 0, total: int | None = None
+    n: int,
+    campaigns: int = 50,
+    seed: int = 1,
+    first: int = 0,
+    total: int | None = None,
+    *,
+    age_ms: int = 0,
 ) -> list[pb.RawEvent]:
     """Events `first..first+n` of `total` spread evenly over the last hour, a little shuffled
-    (never late at the default 10 s lateness)."""
+    (never late at the default 10 s lateness); `age_ms` older still."""
     rng = random.Random(seed)
     total = total or n
-    start = int(time.time() * 1000) - 3_700_000
+    start = int(time.time() * 1000) - 3_700_000 - age_ms
     types = ["impression"] * 16 + ["click"] * 3 + ["conversion"]
     return [
         pb.RawEvent(

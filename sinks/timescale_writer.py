@@ -310,7 +310,8 @@ def plan(items: Sequence[StoreItem], source_topic: str) -> list[Statement]:
         merged = latest_rollups(rollups)
         statements.append(("rollups", ROLLUPS_SQL, _rollups_params(merged), len(merged)))
     if corrections:
-        statements.append(("corrections", "", corrections, sum(c.count for c in corrections)))
+        windows = sum(len(b.corrections) for b in corrections)
+        statements.append(("corrections", "", corrections, windows))
     if alerts:
         statements.append(("alerts", ALERTS_SQL, _alerts_params(alerts), len(alerts)))
     return statements
@@ -440,7 +441,7 @@ class TimescaleSink(DynamicSink[StoreItem]):
     `on_written(kind, rows)` is called after each commit, per kind in the batch
     ("metrics", "late", "rollups", "corrections", "alerts"), with the number of rows sent
     (repeats within the batch dropped; rows the database kept unchanged as stale or
-    replayed included; for corrections, the late events they carry).
+    replayed included; for corrections, the windows corrected).
     `on_retry()` is called after each failed attempt that is retried. With a `tracer`,
     each batch written is a span linked to the `SpanMark`s in it.
     """
