@@ -199,7 +199,7 @@ def build_flow(
     the window step records spans (see the module doc); give the store sink the same one.
     """
     TumblingWindows(config.window_ms)  # validates the length before anything runs
-    decoder = Decoder(config.dlq_topic, trace=tracer is not None)
+    decoder = Decoder(config.dlq_topic, trace=tracer is not None, dedup=config.dedup_s > 0)
     flow = Dataflow(flow_id)
     records = op.input("kafka_in", flow, source)
     decoded = op.flat_map_batch("decode", records, decoder)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from xxhash import xxh3_128_digest
 
-from pulse.dedup import BYTES_PER_ID, DIGEST_BYTES, IdMemory
+from pulse.dedup import BYTES_PER_ID, DIGEST_BYTES, IdMemory, event_digest
 
 
 def digest(key: str) -> bytes:
@@ -112,3 +112,31 @@ def test_a_snapshot_restores_the_same_decisions() -> None:
     assert np.array_equal(
         restored.admit(b"", []), np.ones(0, dtype=np.bool_)
     )  # an empty batch decides nothing
+
+
+def test_the_decoder_hashes_ids_as_event_digest_does() -> None:
+    from confluent_kafka import Message
+
+    from flows.records import Decoder
+    from protos.analytics.v1 import analytics_pb2 as pb
+
+    events = [
+        pb.RawEvent(
+            campaign_id=f"c{i % 3}", event_type="view", timestamp=1000 + i, event_id=f"e{i}"
+        )
+        for i in range(10)
+    ]
+    messages = [
+        Message(
+            key=e.campaign_id.encode(),
+            value=e.SerializeToString(),
+            topic="t",
+            partition=0,
+            offset=i,
+        )
+        for i, e in enumerate(events)
+    ]
+    [(_key, batch)] = Decoder("dlq")(messages)  # type: ignore[misc]
+    assert batch.digests == b"".join(event_digest(e.campaign_id, e.event_id) for e in events)
+    [(_key, off)] = Decoder("dlq", dedup=False)(messages)  # type: ignore[misc]
+    assert off.digests == b""
