@@ -31,8 +31,9 @@ NO_OFFSET = -1  # a row no correction has touched
 class Correction:
     """One batch's late events of one closed window, pre-aggregated, with their sketches.
 
-    `sink_rollups` names the hour and day buckets the store must merge the events into
-    (those whose accumulators the dataflow has already expired).
+    `sink_rollups` names the hour and day buckets the store must merge the events into,
+    from which source offset on: `(resolution, bucket start, first offset)`. The earlier
+    ones reached the bucket's accumulator in the dataflow, before it expired.
     """
 
     campaign_id: str
@@ -45,7 +46,7 @@ class Correction:
     users: tuple[str, ...]
     users_sketch: bytes
     values_sketch: bytes
-    sink_rollups: tuple[tuple[str, int], ...] = ()  # (resolution, bucket start ms)
+    sink_rollups: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def count(self) -> int:
@@ -87,7 +88,16 @@ class Correction:
         """The part of this correction above `offset` (None if nothing is left)."""
         if min(self.offsets) > offset:
             return self
-        keep = [i for i, o in enumerate(self.offsets) if o > offset]
+        return self._only([i for i, o in enumerate(self.offsets) if o > offset])
+
+    def before(self, offset: int) -> "Correction | None":
+        """The part of this correction below `offset` (None if nothing is left)."""
+        if max(self.offsets) < offset:
+            return self
+        return self._only([i for i, o in enumerate(self.offsets) if o < offset])
+
+    def _only(self, keep: list[int]) -> "Correction | None":
+        """The events at the positions `keep`, with their own sketches."""
         if not keep:
             return None
         users = [self.users[i] for i in keep]
@@ -131,9 +141,11 @@ def by_row(
     for batch in batches:
         for c in batch.corrections:
             windows.setdefault((c.campaign_id, c.event_type, c.bucket_start_ms), []).append(c)
-            for resolution, bucket in c.sink_rollups:
-                key = (resolution, c.campaign_id, c.event_type, bucket)
-                rollups.setdefault(key, []).append(c)
+            for resolution, bucket, first in c.sink_rollups:
+                part = c.newer_than(first - 1)
+                if part is not None:
+                    key = (resolution, c.campaign_id, c.event_type, bucket)
+                    rollups.setdefault(key, []).append(part)
     return windows, rollups
 
 

@@ -43,8 +43,10 @@ class PartitionChunk:
     # Distinct W3C `traceparent` values of the batch's records (tracing only): the spans
     # that produced them, for the processing span's links. Opaque bytes here.
     trace_parents: tuple[bytes, ...] = ()
-    # Late within the batch, but within the correction horizon: for their closed windows.
+    # Late within the batch, but within the correction horizon: for their closed windows,
+    # with each event's watermark within the batch (the state's may be higher).
     corrections: dict[WindowKey, Partial] = field(default_factory=dict)
+    correction_marks: dict[WindowKey, list[int]] = field(default_factory=dict)
 
     @property
     def event_count(self) -> int:
@@ -99,6 +101,7 @@ def preaggregate(
     seen: dict[str, int] = {}  # highest event time per campaign in this batch
     windows: dict[WindowKey, list[EventTuple]] = {}
     corrections: dict[WindowKey, list[EventTuple]] = {}
+    marks: dict[WindowKey, list[int]] = {}  # each correction event's in-batch watermark
     late: list[LateEvent] = []
     heartbeat = heartbeat_wm = NO_TIME
     for campaign_id, event_type, ts, value, user, offset, raw in records:
@@ -115,18 +118,22 @@ def preaggregate(
             watermark = max(watermark, prev - lateness_ms)
             if ts > prev:  # every valid event counts as seen, late or not
                 seen[campaign_id] = ts
-        target = windows
+        key = (campaign_id, event_type, start)
         if start + window_ms <= watermark:
             if start + window_ms <= watermark - correction_ms:
                 late.append(
                     LateEvent(campaign_id, event_type, start, partition, offset, ts, raw, watermark)
                 )
-                continue
-            target = corrections
-        key = (campaign_id, event_type, start)
-        window = target.get(key)
+            elif key in corrections:
+                corrections[key].append((ts, value, user, offset, raw))
+                marks[key].append(watermark)
+            else:
+                corrections[key] = [(ts, value, user, offset, raw)]
+                marks[key] = [watermark]
+            continue
+        window = windows.get(key)
         if window is None:
-            target[key] = [(ts, value, user, offset, raw)]
+            windows[key] = [(ts, value, user, offset, raw)]
         else:
             window.append((ts, value, user, offset, raw))
     return PartitionChunk(
@@ -136,4 +143,5 @@ def preaggregate(
         max_event_ms=seen,
         heartbeat_ms=heartbeat,
         corrections={key: Partial.of(events) for key, events in corrections.items()},
+        correction_marks=marks,
     )

@@ -100,33 +100,18 @@ class Rollups:
                 acc.values.merge(window.agg.values)
                 self._dirty[(window.campaign_id, *key)] = None
 
-    def correct(self, correction: Correction, watermark_ms: int) -> tuple[tuple[str, int], ...]:
-        """Merge a closed window's late events into its hour and day, where still held.
-
-        A bucket the campaign's watermark has not passed is held here (created if need
-        be: no other window may merge into it from the store's side meanwhile). Returns
-        the `(resolution, bucket start)` of those it has passed, for the store to correct
-        (their accumulators must have been expired first).
-        """
-        start = correction.bucket_start_ms
-        by_store: list[tuple[str, int]] = []
-        per_campaign: dict[tuple[Resolution, str, int], _Accumulator] | None = None
-        for resolution, length in ROLLUP_MS.items():
-            bucket = start - start % length
-            if bucket + length <= watermark_ms:
-                by_store.append((resolution.value, bucket))
-                continue
-            if per_campaign is None:
-                per_campaign = self._acc.setdefault(correction.campaign_id, {})
-            key = (resolution, correction.event_type, bucket)
-            acc = per_campaign.get(key)
-            if acc is None:
-                acc = per_campaign[key] = _Accumulator()
-            acc.count += correction.count
-            acc.users.update(sketches.hll_from(correction.users_sketch))
-            acc.values.merge(sketches.kll_from(correction.values_sketch))
-            self._dirty[(correction.campaign_id, *key)] = None
-        return tuple(by_store)
+    def merge_late(self, resolution: Resolution, bucket_start_ms: int, late: Correction) -> None:
+        """Merge late events of a closed window into its hour or day, still held here
+        (created if need be: its end is after the watermark at those events)."""
+        per_campaign = self._acc.setdefault(late.campaign_id, {})
+        key = (resolution, late.event_type, bucket_start_ms)
+        acc = per_campaign.get(key)
+        if acc is None:
+            acc = per_campaign[key] = _Accumulator()
+        acc.count += late.count
+        acc.users.update(sketches.hll_from(late.users_sketch))
+        acc.values.merge(sketches.kll_from(late.values_sketch))
+        self._dirty[(late.campaign_id, *key)] = None
 
     def take_rows(self) -> list[RollupRow]:
         """Rows of every accumulator changed since the last call."""

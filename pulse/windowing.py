@@ -36,7 +36,12 @@ from pulse.alerts.model import AlertEvent
 from pulse.corrections import Correction
 from pulse.dedup import IdMemory, IdMemorySnapshot
 from pulse.preagg import NO_TIME, PartitionChunk, Record, RecordBatch, WindowKey, preaggregate
-from pulse.rollups import RollupRow, Rollups, RollupSnapshot
+from pulse.rollups import ROLLUP_MS, RollupRow, Rollups, RollupSnapshot
+
+# Late events of one window in one chunk, with each event's watermark within the chunk
+# (None: none of them was late within the chunk, only by the state's watermark).
+_LatePart = tuple[Partial, list[int] | None]
+_NEVER = 2**63  # an offset no event reaches
 
 
 class AlertEvaluator(Protocol):
@@ -190,8 +195,9 @@ class PartitionWindows:
         of `now_ms` (a monotonic clock of the caller's; it never affects results).
         """
         out = StepOutput()
-        corrected: dict[WindowKey, list[Partial]] = {}
-        self._pending.update(self._merge(chunk, out, corrected))
+        corrected: dict[WindowKey, list[_LatePart]] = {}
+        before: dict[str, int] = {}  # campaign -> its watermark before this chunk
+        self._pending.update(self._merge(chunk, out, corrected, before))
         for campaign, seen in chunk.max_event_ms.items():
             if seen > self._max_event_ms.get(campaign, NO_TIME):
                 self._max_event_ms[campaign] = seen
@@ -208,11 +214,11 @@ class PartitionWindows:
         self._rollups.add(closed)
         if self._alerts is not None and closed:
             out.alerts = self._alerts.on_closed(closed)
+        # Corrections first: accumulators they reach must take them before they expire.
+        out.corrections = [self._correct(k, parts, before[k[0]]) for k, parts in corrected.items()]
         expiring = list(self._rollups.campaigns()) if heartbeat_moved else list(chunk.max_event_ms)
         for campaign in expiring:
             out.rollups += self._rollups.expire(campaign, self.watermark(campaign))
-        for key, parts in corrected.items():
-            out.corrections.append(self._correct(key, parts, out))
         if heartbeat_moved:
             self._forget_campaigns()
         if now_ms - self._refreshed_at >= self._refresh_ms:
@@ -233,21 +239,49 @@ class PartitionWindows:
     def take_rollup_rows(self) -> list[RollupRow]:
         return self._rollups.take_rows()
 
-    def _correct(self, key: WindowKey, parts: list[Partial], out: StepOutput) -> Correction:
-        """A closed window's late events: into live hour and day accumulators here, the
-        rest of the way by the store."""
+    def _correct(self, key: WindowKey, parts: list["_LatePart"], before: int) -> Correction:
+        """A closed window's late events, for the store; those of them that reach an hour or
+        day before the watermark passes its end also go into its accumulator here.
+
+        Each event is judged by the watermark at its own position in the partition (the
+        state's before the chunk, or the chunk's own up to the event, whichever is higher),
+        never by where the batch ends, so a replay that cuts batches elsewhere routes every
+        event alike. The watermark only grows with the offset, so the events the store must
+        merge into a bucket are those from some offset on.
+        """
         campaign, event_type, start = key
-        mark = self.watermark(campaign)
-        out.rollups += self._rollups.expire(campaign, mark)  # final rows before the store's
-        correction = Correction.of(campaign, event_type, start, self.partition, parts)
-        by_store = self._rollups.correct(correction, mark)
-        return dataclasses.replace(correction, sink_rollups=by_store)
+        correction = Correction.of(
+            campaign, event_type, start, self.partition, [p for p, _ in parts]
+        )
+        by_store: list[tuple[str, int, int]] = []
+        for resolution, length in ROLLUP_MS.items():
+            bucket = start - start % length
+            end = bucket + length
+            if before >= end:
+                from_offset = 0  # the accumulator is gone: all of them
+            else:
+                from_offset = min(
+                    (
+                        offset
+                        for part, marks in parts
+                        for offset, mark in zip(part.offsets, marks or (), strict=False)
+                        if mark >= end
+                    ),
+                    default=_NEVER,
+                )
+            held = correction if from_offset == _NEVER else correction.before(from_offset)
+            if held is not None:
+                self._rollups.merge_late(resolution, bucket, held)
+            if from_offset != _NEVER:
+                by_store.append((resolution.value, bucket, from_offset))
+        return dataclasses.replace(correction, sink_rollups=tuple(by_store))
 
     def _merge(
         self,
         chunk: PartitionChunk,
         out: StepOutput,
-        corrected: dict[WindowKey, list[Partial]],
+        corrected: dict[WindowKey, list["_LatePart"]],
+        marks: dict[str, int],
     ) -> dict[tuple[str, str, int], WindowAggregate]:
         """Fold the chunk's partials into open windows; late ones into `corrected` (within
         the correction horizon) or aside.
@@ -258,7 +292,6 @@ class PartitionWindows:
         window_ms = self._window_ms
         touched: dict[tuple[str, str, int], WindowAggregate] = {}
         late = list(chunk.late)
-        marks: dict[str, int] = {}
 
         def aside(key: WindowKey, part: Partial, mark: int) -> None:
             campaign, event_type, start = key
@@ -274,7 +307,7 @@ class PartitionWindows:
                 mark = marks[campaign] = self.watermark(campaign)
             if start + window_ms <= mark:
                 if start + window_ms > mark - self._correction_ms:
-                    corrected.setdefault(key, []).append(part)
+                    corrected.setdefault(key, []).append((part, None))
                 else:
                     aside(key, part, mark)
                 continue
@@ -297,7 +330,7 @@ class PartitionWindows:
             if start + window_ms <= mark - self._correction_ms:
                 aside(key, part, mark)
             else:
-                corrected.setdefault(key, []).append(part)
+                corrected.setdefault(key, []).append((part, chunk.correction_marks[key]))
         late.sort(key=lambda e: e.offset)
         out.late = late
         return touched

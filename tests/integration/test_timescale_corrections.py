@@ -24,7 +24,7 @@ def events(
 
 
 def correction(
-    c: str, start: int, offsets: range, rollups: tuple[tuple[str, int], ...] = ()
+    c: str, start: int, offsets: range, rollups: tuple[tuple[str, int, int], ...] = ()
 ) -> Correction:
     part = Partial.of(events(offsets, start + 1000))
     base = Correction.of(c, "click", start, 0, [part])
@@ -117,7 +117,7 @@ def test_store_held_rollups_merge_corrections_once(database: str) -> None:
         sketches.hll_bytes(sketches.new_hll()), sketches.kll_bytes(sketches.new_kll()),
     )  # fmt: skip
     fix = correction(
-        c, T0, range(100, 106), rollups=(("hour", hour), ("day", hour - hour % (24 * HOUR)))
+        c, T0, range(100, 106), rollups=(("hour", hour, 0), ("day", hour - hour % (24 * HOUR), 0))
     )
     part.write_batch([held, CorrectionBatch((fix,))])
     part.write_batch([held, CorrectionBatch((fix,))])  # replayed: nothing changes

@@ -17,6 +17,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from flows.aggregate import build_flow
+from flows.records import Decoder
 from pulse import sketches
 from pulse.aggregation import LateEvent, MetricRow
 from pulse.corrections import (
@@ -27,7 +28,10 @@ from pulse.corrections import (
     correct_rollup,
     correct_window,
 )
-from pulse.rollups import ROLLUP_MS, RollupRow
+from pulse.preagg import RecordBatch
+from pulse.rollups import HOUR_MS, ROLLUP_MS, RollupRow
+from pulse.windowing import PartitionWindows, StepOutput
+from pulse.windows import DAY_MS
 from tests.reference import Bucket, Ev, windows_reference
 from tests.unit.test_flow import (
     CONFIG,
@@ -42,6 +46,7 @@ from tests.unit.test_flow import (
     to_message,
 )
 
+HOUR, DAY = HOUR_MS, DAY_MS
 CORRECTION = 5 * MINUTE
 DEDUP_S = 150
 FLOW = dataclasses.replace(CONFIG, correction_ms=CORRECTION, dedup_s=DEDUP_S)
@@ -172,12 +177,12 @@ def expected(buckets: dict[WindowKey, Bucket]) -> dict[WindowKey, tuple[object, 
     }
 
 
-def stream(seed: int, n: int) -> list[Ev]:
+def stream(seed: int, n: int, start: int = T0) -> list[Ev]:
     """9 campaigns over 3 partitions: stragglers within and beyond the correction
     horizon, retries within and beyond the dedup horizon, and heartbeats."""
     rng = random.Random(seed)
     offsets = [0] * PARTITIONS
-    clock = T0
+    clock = start
     out: list[Ev] = []
     sent: list[Ev] = []
     for i in range(n):
@@ -268,15 +273,22 @@ def test_duplicates_are_counted_once_and_never_dead_lettered() -> None:
     assert out.side == []
 
 
-def test_corrections_resume_exactly_after_crashes(tmp_path: Path) -> None:
-    """Crash mid-backfill twice; resume from the recovery store: the same final rows."""
-    records = stream(seed=7, n=3000)
+@pytest.mark.parametrize(
+    ("seed", "start", "crash_points"),
+    [(7, T0, (500, 1500)), (8, T0 - 6 * MINUTE, (300, 900)), (9, T0 - 4 * MINUTE, (700, 1100))],
+)
+def test_corrections_resume_exactly_after_crashes(
+    tmp_path: Path, seed: int, start: int, crash_points: tuple[int, int]
+) -> None:
+    """Crash twice (mid-backfill, and around the end of an hour); resume from the
+    recovery store: the same final rows and rollups."""
+    records = stream(seed=seed, n=3000, start=start)
     items = [to_message(e) for e in records]
     init_db_dir(tmp_path, 1)
     recovery = RecoveryConfig(str(tmp_path))
     out = Outputs()
     crashes = 0
-    for crash_at in (500, 1500, None):
+    for crash_at in (*crash_points, None):
         flow = build_flow(
             "test_flow",
             FLOW,
@@ -295,3 +307,53 @@ def test_corrections_resume_exactly_after_crashes(tmp_path: Path) -> None:
         c.count for c in replayed
     )  # some corrections were emitted twice; the store merged them once
     check(Store().apply(out.store), records)
+
+
+def step_items(step: StepOutput) -> list[Any]:
+    """A step's output as the flow hands it to the store."""
+    items: list[Any] = [*step.rows, *step.rollups]
+    if step.corrections:
+        items.append(CorrectionBatch(tuple(step.corrections)))
+    return items + step.late
+
+
+def decode(records: list[Ev]) -> RecordBatch:
+    [(_key, batch)] = Decoder("events.dlq")([to_message(e) for e in records])  # type: ignore[misc]
+    return batch
+
+
+def state() -> PartitionWindows:
+    return PartitionWindows(
+        0, MINUTE, LATENESS, IDLE, correction_ms=CORRECTION, dedup_s=DEDUP_S, refresh_ms=0
+    )
+
+
+def test_rollup_corrections_route_alike_wherever_a_replay_cuts_the_batches() -> None:
+    """A late event just before the heartbeat that ends its hour: the hour's accumulator
+    takes it whether or not the heartbeat is in the same batch, so a replay cut elsewhere
+    cannot count it twice (or lose it)."""
+    hour_end = T0  # T0 is on the hour
+    records = [
+        Ev(0, 0, "c1", "click", hour_end - 30_000, 1.0, "u1", event_id="a"),
+        Ev(0, 1, "c1", "click", hour_end - 20_000, 2.0, "u2", event_id="b"),
+        Ev(0, 2, "c1", "click", hour_end - 4 * MINUTE, 4.0, "u3", event_id="late"),
+        Ev(0, 3, heartbeat=hour_end + MINUTE + IDLE),
+    ]
+    buckets, _late = reference(records)
+    assert buckets[("c1", "click", hour_end - 4 * MINUTE)].late == 1
+
+    first = state()
+    items = step_items(first.apply_batch(decode(records[:2])))
+    snapshot = first.snapshot()
+    items += step_items(first.apply_batch(decode(records[2:3])))
+    items += step_items(first.apply_batch(decode(records[3:])))
+    # A crash, and a replay from the snapshot that reads the rest in one batch.
+    replay = PartitionWindows.restore(
+        snapshot, MINUTE, LATENESS, IDLE, correction_ms=CORRECTION, dedup_s=DEDUP_S
+    )
+    items += step_items(replay.apply_batch(decode(records[2:])))
+    store = Store().apply(items)
+    hour = hour_end - HOUR
+    assert store.rollups[("hour", "c1", "click", hour)].event_count == 3
+    assert store.rollups[("day", "c1", "click", hour - hour % DAY)].event_count == 3
+    assert store.columns()[("c1", "click", hour_end - 4 * MINUTE)][:2] == (1, 0)
