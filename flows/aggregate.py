@@ -163,6 +163,10 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem, PartitionSnapsh
             return [], StatefulBatchLogic.RETAIN
         rows: list[StoreItem] = [*self._state.take_progress_rows()]
         rows += self._state.take_rollup_rows()
+        corrections = self._state.take_corrections()
+        if corrections:
+            rows.append(CorrectionBatch(tuple(corrections)))
+            metrics.CORRECTED_EVENTS.inc(sum(c.count for c in corrections))
         return rows, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> PartitionSnapshot:

@@ -139,11 +139,11 @@ class Decoder:
                 continue
             user = event.dimensions.get(USER_DIMENSION, "")
             batch.records.append((campaign_id, event_type, ts, value, user, msg.offset() or 0, raw))
+            batch.last_log_ms = max(batch.last_log_ms, ts)
             if dedup:
                 # `event_digest`, inlined: a call per event costs as much as the hash.
                 digests.append(xxh3_128_digest(f"{campaign_id}\0{event_id}".encode()))
-            batch.last_log_ms = max(batch.last_log_ms, ts)
-            log_times.append(batch.last_log_ms)
+                log_times.append(batch.last_log_ms)
         parents = trace_parents(items) if self.trace else {}
         out: list[tuple[str, RecordBatch] | SideRecord] = []
         for partition, (batch, digests, log_times) in partitions.items():

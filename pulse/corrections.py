@@ -32,8 +32,9 @@ class Correction:
     """One batch's late events of one closed window, pre-aggregated, with their sketches.
 
     `sink_rollups` names the hour and day buckets the store must merge the events into,
-    from which source offset on: `(resolution, bucket start, first offset)`. The earlier
-    ones reached the bucket's accumulator in the dataflow, before it expired.
+    from which source offset on: `(resolution, bucket start, first offset)`, the offset
+    of the first such event. The earlier ones reached the bucket's accumulator in the
+    dataflow, before it expired.
     """
 
     campaign_id: str
@@ -82,6 +83,32 @@ class Correction:
             users=tuple(users),
             users_sketch=sketches.hll_bytes(_users(users)),
             values_sketch=sketches.kll_bytes(_values(values)),
+        )
+
+    @classmethod
+    def combine(cls, parts: Sequence["Correction"]) -> "Correction":
+        """One correction of a window's corrections from successive batches (in order)."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        starts: dict[tuple[str, int], int] = {}
+        for part in parts:
+            for resolution, bucket, offset in part.sink_rollups:
+                starts[(resolution, bucket)] = min(offset, starts.get((resolution, bucket), offset))
+        users = sketches.merge_hll(sketches.hll_from(p.users_sketch) for p in parts)
+        values = sketches.merge_kll(sketches.kll_from(p.values_sketch) for p in parts)
+        return cls(
+            campaign_id=first.campaign_id,
+            event_type=first.event_type,
+            bucket_start_ms=first.bucket_start_ms,
+            partition=first.partition,
+            offsets=tuple(o for p in parts for o in p.offsets),
+            times=tuple(t for p in parts for t in p.times),
+            values=tuple(v for p in parts for v in p.values),
+            users=tuple(u for p in parts for u in p.users),
+            users_sketch=sketches.hll_bytes(users),
+            values_sketch=sketches.kll_bytes(values),
+            sink_rollups=tuple((res, bucket, offset) for (res, bucket), offset in starts.items()),
         )
 
     def newer_than(self, offset: int) -> "Correction | None":

@@ -24,14 +24,14 @@ one-hour horizon (H = 3.6e8), that is 1.1e-30 per event and 9e-21 per day.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 from xxhash import xxh3_128_digest
 
 DIGEST_BYTES = 16  # one 128-bit hash per event id
-BYTES_PER_ID = 20  # two uint64 halves and a uint32 second
+BYTES_PER_ID = 20  # two uint64 halves and a uint32 second (plus 1-2 bytes of bitmap)
 GC_STEPS = 16  # expired ids are dropped each time log time crosses 1/16 of the horizon
 
 
@@ -49,14 +49,39 @@ Mask = npt.NDArray[np.bool_]
 
 @dataclass(frozen=True, slots=True)
 class _Run:
-    """Remembered ids sorted by `hi` (never mutated: merges and expiry make new runs)."""
+    """Remembered ids sorted by `hi` (never mutated: merges and expiry make new runs).
+
+    `bits` is a bitmap of the top bits of `hi`, at least 8 bits an id (1-2 bytes an id):
+    most ids a run does not hold miss their bit, so only about one query in eight goes
+    on to a binary search of the run.
+    """
 
     hi: U64
     lo: U64
     seconds: U32
+    bits: npt.NDArray[np.uint8] = field(init=False, repr=False, compare=False)
+    shift: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        slots = max(64, 1 << (8 * len(self.hi) - 1).bit_length())  # a power of two >= 8 x ids
+        shift = 64 - (slots.bit_length() - 1)
+        flags = np.zeros(slots, dtype=np.bool_)
+        flags[(self.hi >> np.uint64(shift)).astype(np.intp)] = True
+        object.__setattr__(self, "bits", np.packbits(flags, bitorder="little"))
+        object.__setattr__(self, "shift", shift)
 
     def __len__(self) -> int:
         return len(self.hi)
+
+    @property
+    def nbytes(self) -> int:
+        return self.hi.nbytes + self.lo.nbytes + self.seconds.nbytes + self.bits.nbytes
+
+    def may_hold(self, hi: U64) -> Mask:
+        """False where the run surely does not hold the hash."""
+        slot = hi >> np.uint64(self.shift)
+        byte = self.bits[(slot >> np.uint64(3)).astype(np.intp)]
+        return ((byte >> (slot & np.uint64(7)).astype(np.uint8)) & 1).astype(np.bool_)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +132,7 @@ class IdMemory:
     @property
     def nbytes(self) -> int:
         """Bytes held by the remembered ids' arrays."""
-        return sum(r.hi.nbytes + r.lo.nbytes + r.seconds.nbytes for r in self._runs)
+        return sum(r.nbytes for r in self._runs)
 
     @property
     def run_count(self) -> int:
@@ -183,6 +208,15 @@ class IdMemory:
 
     def _check_run(self, run: _Run, hi: U64, lo: U64, seconds: U32, keep: Mask) -> None:
         """Mark events whose id `run` holds within the horizon."""
+        maybe = np.flatnonzero(run.may_hold(hi))
+        if not len(maybe):
+            return
+        sub_keep = keep[maybe]
+        self._search_run(run, hi[maybe], lo[maybe], seconds[maybe], sub_keep)
+        keep[maybe] = sub_keep
+
+    def _search_run(self, run: _Run, hi: U64, lo: U64, seconds: U32, keep: Mask) -> None:
+        """`_check_run` for the events the run may hold (sorted by `hi`)."""
         size = len(run)
         at = np.searchsorted(run.hi, hi)
         found = at < size

@@ -83,6 +83,7 @@ class PartitionSnapshot:
     log_ms: int = NO_TIME
     ids: IdMemorySnapshot | None = None
     duplicates: int = 0
+    corrections: tuple[Correction, ...] = ()  # not yet handed to the store
 
 
 class PartitionWindows:
@@ -109,6 +110,8 @@ class PartitionWindows:
         self._ids = IdMemory(dedup_s) if dedup_s else None
         self._log_ms = NO_TIME  # the partition's log time: highest event or heartbeat time
         self.duplicates = 0  # events dropped as retries since the partition's first record
+        # Corrections for the store, gathered between refreshes: window -> in offset order.
+        self._corrections: dict[WindowKey, list[Correction]] = {}
         self._refresh_ms = refresh_ms
         self._refreshed_at = float("-inf")
         # Open windows changed since their rows were last emitted.
@@ -215,7 +218,8 @@ class PartitionWindows:
         if self._alerts is not None and closed:
             out.alerts = self._alerts.on_closed(closed)
         # Corrections first: accumulators they reach must take them before they expire.
-        out.corrections = [self._correct(k, parts, before[k[0]]) for k, parts in corrected.items()]
+        for key, parts in corrected.items():
+            self._corrections.setdefault(key, []).append(self._correct(key, parts, before[key[0]]))
         expiring = list(self._rollups.campaigns()) if heartbeat_moved else list(chunk.max_event_ms)
         for campaign in expiring:
             out.rollups += self._rollups.expire(campaign, self.watermark(campaign))
@@ -224,7 +228,18 @@ class PartitionWindows:
         if now_ms - self._refreshed_at >= self._refresh_ms:
             out.rows += self.take_progress_rows()
             out.rollups += self._rollups.take_rows()
+            out.corrections = self.take_corrections()
             self._refreshed_at = now_ms
+        return out
+
+    def take_corrections(self) -> list[Correction]:
+        """Every correction gathered since the last refresh, one per window.
+
+        The store applies them together, so a row it corrects holds every late event of
+        its own up to the offsets of this set (see `pulse.corrections`).
+        """
+        out = [Correction.combine(parts) for parts in self._corrections.values()]
+        self._corrections.clear()
         return out
 
     def take_progress_rows(self) -> list[MetricRow]:
@@ -258,7 +273,7 @@ class PartitionWindows:
             bucket = start - start % length
             end = bucket + length
             if before >= end:
-                from_offset = 0  # the accumulator is gone: all of them
+                from_offset = min(correction.offsets)  # the accumulator is gone: all of them
             else:
                 from_offset = min(
                     (
@@ -383,6 +398,7 @@ class PartitionWindows:
             log_ms=self._log_ms,
             ids=self._ids.snapshot() if self._ids is not None else None,
             duplicates=self.duplicates,
+            corrections=tuple(c for parts in self._corrections.values() for c in parts),
         )
 
     @classmethod
@@ -412,6 +428,9 @@ class PartitionWindows:
         )
         state._log_ms = snapshot.log_ms
         state.duplicates = snapshot.duplicates
+        for c in snapshot.corrections:
+            key = (c.campaign_id, c.event_type, c.bucket_start_ms)
+            state._corrections.setdefault(key, []).append(c)
         if dedup_s and snapshot.ids is not None:
             state._ids = IdMemory.restore(snapshot.ids, dedup_s)
         state._heartbeat_ms = snapshot.heartbeat_ms

@@ -82,13 +82,14 @@ def test_ids_are_forgotten_after_the_horizon_and_memory_shrinks() -> None:
     assert len(memory) == 1
 
 
-def test_memory_per_id_is_twenty_bytes() -> None:
+def test_memory_per_id_is_at_most_twenty_two_bytes() -> None:
     memory = IdMemory(3600)
     t = 1_764_000_000_000
     for start in range(0, 100_000, 5000):
         decide(memory, [(f"id-{i}", t + i) for i in range(start, start + 5000)])
     assert len(memory) == 100_000
-    assert memory.nbytes == BYTES_PER_ID * 100_000
+    # 20 bytes of hash and time, and 1-2 bytes of each run's bitmap.
+    assert (BYTES_PER_ID + 1) * 100_000 <= memory.nbytes <= (BYTES_PER_ID + 2) * 100_000
     assert memory.run_count <= 17  # about log2(ids / batch) + 1
 
 

@@ -255,10 +255,16 @@ def test_the_stream_has_every_case() -> None:
     assert counted_again > 5  # retries after the dedup horizon count again
 
 
-@pytest.mark.parametrize(("batch_size", "workers"), [(1, 1), (37, 1), (500, 1), (64, 2)])
-def test_corrections_and_dedup_match_the_reference(batch_size: int, workers: int) -> None:
+@pytest.mark.parametrize(
+    ("batch_size", "workers", "refresh_ms"),
+    [(1, 1, 0), (37, 1, 0), (500, 1, 0), (64, 2, 0), (10, 1, 10**9)],
+)
+def test_corrections_and_dedup_match_the_reference(
+    batch_size: int, workers: int, refresh_ms: float
+) -> None:
     records = stream(seed=batch_size, n=4000)
-    out = run_flow([to_message(e) for e in records], batch_size, workers, config=FLOW)
+    config = dataclasses.replace(FLOW, refresh_ms=refresh_ms)  # 10**9: only at the end
+    out = run_flow([to_message(e) for e in records], batch_size, workers, config=config)
     check(Store().apply(out.store), records)
     _buckets, late = reference(records)
     assert sorted((r.source_partition, r.source_offset) for r in out.side) == sorted(late)
@@ -274,11 +280,16 @@ def test_duplicates_are_counted_once_and_never_dead_lettered() -> None:
 
 
 @pytest.mark.parametrize(
-    ("seed", "start", "crash_points"),
-    [(7, T0, (500, 1500)), (8, T0 - 6 * MINUTE, (300, 900)), (9, T0 - 4 * MINUTE, (700, 1100))],
+    ("seed", "start", "crash_points", "refresh_ms"),
+    [
+        (7, T0, (500, 1500), 0),
+        (8, T0 - 6 * MINUTE, (300, 900), 0),
+        (9, T0 - 4 * MINUTE, (700, 1100), 0),
+        (10, T0 - 5 * MINUTE, (100, 250), 20),  # corrections gathered between refreshes
+    ],
 )
 def test_corrections_resume_exactly_after_crashes(
-    tmp_path: Path, seed: int, start: int, crash_points: tuple[int, int]
+    tmp_path: Path, seed: int, start: int, crash_points: tuple[int, int], refresh_ms: float
 ) -> None:
     """Crash twice (mid-backfill, and around the end of an hour); resume from the
     recovery store: the same final rows and rollups."""
@@ -291,7 +302,7 @@ def test_corrections_resume_exactly_after_crashes(
     for crash_at in (*crash_points, None):
         flow = build_flow(
             "test_flow",
-            FLOW,
+            dataclasses.replace(FLOW, refresh_ms=refresh_ms),
             TestingSource(items, 25),
             store_sink=CrashingSink(out.store, crash_at),
             side_sink=TestingSink(out.side),
