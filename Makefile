@@ -87,7 +87,8 @@ clean: ## stop the stack and delete its data and the venv
 	rm -rf $(VENV)
 
 .PHONY: bench
-bench: install up ## benchmarks: ingest RPC shapes, dataflow throughput, tracing overhead (prints figures)
+bench: install up ## benchmarks: ingest RPC shapes, dataflow throughput (on time, backfill, dedup), dedup memory, tracing overhead
 	@$(STACK_ENV) && $(BIN)/python -m benchmarks.bench_ingest -n $${BENCH_EVENTS:-100000}
 	@$(STACK_ENV) && $(BIN)/python -m benchmarks.bench_flow -n $${BENCH_FLOW_EVENTS:-1000000}
+	@$(BIN)/python -m benchmarks.bench_dedup -n $${BENCH_DEDUP_IDS:-5000000}
 	@$(STACK_ENV) && $(BIN)/python -m benchmarks.bench_tracing -n $${BENCH_EVENTS:-100000}

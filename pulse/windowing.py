@@ -151,10 +151,6 @@ class PartitionWindows:
     def campaign_count(self) -> int:
         return len(self._max_event_ms)
 
-    @property
-    def remembered_ids(self) -> IdMemory | None:
-        return self._ids
-
     # -- the step -------------------------------------------------------------------
 
     def apply_batch(self, batch: RecordBatch, now_ms: float = 0) -> StepOutput:
@@ -426,13 +422,16 @@ class PartitionWindows:
             correction_ms=correction_ms,
             dedup_s=dedup_s,
         )
-        state._log_ms = snapshot.log_ms
-        state.duplicates = snapshot.duplicates
-        for c in snapshot.corrections:
+        # Snapshots written before dedup and corrections lack their fields: start those
+        # afresh (no ids remembered, no corrections pending).
+        state._log_ms = getattr(snapshot, "log_ms", NO_TIME)
+        state.duplicates = getattr(snapshot, "duplicates", 0)
+        for c in getattr(snapshot, "corrections", ()):
             key = (c.campaign_id, c.event_type, c.bucket_start_ms)
             state._corrections.setdefault(key, []).append(c)
-        if dedup_s and snapshot.ids is not None:
-            state._ids = IdMemory.restore(snapshot.ids, dedup_s)
+        ids = getattr(snapshot, "ids", None)
+        if dedup_s and ids is not None:
+            state._ids = IdMemory.restore(ids, dedup_s)
         state._heartbeat_ms = snapshot.heartbeat_ms
         state._max_event_ms = dict(snapshot.max_event_ms)
         for campaign, event_type, start, frozen in snapshot.open_windows:

@@ -15,6 +15,7 @@ Every figure is checked against a reference computed from the `events.raw` log.
 import asyncio
 import random
 import re
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -392,3 +393,76 @@ def test_retries_count_once_across_edge_deaths_and_dataflow_kills(clients: Pipel
         60,
     )
     assert all(r.duplicates == 0 for r in replies)  # no dedup at this edge
+
+
+@pytest.fixture
+def edge_dedup(stack: Stack, database: str, topics: Topics, tmp_path: Path) -> Iterator[Pipeline]:
+    with running(stack, database, topics, tmp_path, env()) as started:
+        yield started
+
+
+def test_a_backfill_survives_sigkill_and_the_edge_answers_retries(edge_dedup: Pipeline) -> None:
+    """80,000 events 30 minutes to 3 hours old, while the dataflow is killed twice in the
+    middle of correcting their windows; then a call sent again, answered by the edge."""
+    pipeline = edge_dedup
+    rng = random.Random(53)
+    tag = rng.randrange(10**9)
+    campaigns = [f"backfill-{tag}-{i}" for i in range(10)]
+    t = now_ms()
+    calls = [
+        [
+            event(
+                rng.choice(campaigns), t - rng.randrange(30 * 60_000, 3 * HOUR_MS), f"b{c}-{i}", rng
+            )
+            for i in range(10_000)
+        ]
+        for c in range(8)
+    ]
+    kills: list[int] = []
+    sent = [0]
+
+    def killer() -> None:
+        for k in range(2):
+            # Kill while calls stream in, once more of the backfill is stored than before.
+            while sent[0] < 2 + 3 * k:
+                time.sleep(0.05)
+            seen = kills[-1] if kills else 0
+
+            def more(seen: int = seen) -> bool:
+                return counted(pipeline.dsn, campaigns) > seen
+
+            wait_until("progress", more)
+            kills.append(counted(pipeline.dsn, campaigns))
+            pipeline.kill("flow")
+            pipeline.start("flow")
+
+    async def send() -> list[pb.IngestResponse]:
+        out = []
+        async with PulseClient(pipeline.target, batch_size=500) as client:
+            for events in calls:
+                out.append(await client.ingest(events))
+                sent[0] += 1
+                await asyncio.sleep(0.6)
+        return out
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    replies = asyncio.run(send())
+    thread.join()
+    assert [r.accepted for r in replies] == [10_000] * 8
+    assert len(kills) == 2 and all(0 < k < 80_000 for k in kills), kills
+
+    async def again() -> pb.IngestResponse:
+        async with PulseClient(pipeline.target, batch_size=500) as client:
+            return await client.ingest(calls[3])
+
+    reply = asyncio.run(again())
+    assert (reply.accepted, reply.duplicates) == (0, 10_000)
+    buckets, late, got = wait_exact(pipeline, campaigns)
+    assert late == []
+    mine = {k: b for k, b in buckets.items() if k[0] in campaigns}
+    assert sum(b.count for b in mine.values()) == 80_000
+    assert sum(b.on_time for b in mine.values()) == 0
+    check_sketches(buckets, got)
+    check_rollups(pipeline, buckets, campaigns)
+    print(f"\nSIGKILLs when {kills[0]:,} and {kills[1]:,} of 80,000 backfilled events were stored")

@@ -141,3 +141,13 @@ def test_the_decoder_hashes_ids_as_event_digest_does() -> None:
     assert batch.digests == b"".join(event_digest(e.campaign_id, e.event_id) for e in events)
     [(_key, off)] = Decoder("dlq", dedup=False)(messages)  # type: ignore[misc]
     assert off.digests == b""
+
+
+def test_large_arrays_are_mapped_on_glibc() -> None:
+    import platform
+
+    from flows.memory import map_large_arrays
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert map_large_arrays()

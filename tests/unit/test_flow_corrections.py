@@ -368,3 +368,20 @@ def test_rollup_corrections_route_alike_wherever_a_replay_cuts_the_batches() -> 
     assert store.rollups[("hour", "c1", "click", hour)].event_count == 3
     assert store.rollups[("day", "c1", "click", hour - hour % DAY)].event_count == 3
     assert store.columns()[("c1", "click", hour_end - 4 * MINUTE)][:2] == (1, 0)
+
+
+def test_a_snapshot_from_before_dedup_and_corrections_still_restores() -> None:
+    """Unpickled from an older Pulse: the new fields are missing; they start afresh."""
+    live = state()
+    live.apply_batch(decode([Ev(0, 0, "c1", "click", T0 + 1000, 1.0, "u1", event_id="a")]))
+    old = live.snapshot()
+    for name in ("log_ms", "ids", "duplicates", "corrections"):
+        object.__delattr__(old, name)
+    restored = PartitionWindows.restore(
+        old, MINUTE, LATENESS, IDLE, correction_ms=CORRECTION, dedup_s=DEDUP_S
+    )
+    out = restored.apply_batch(
+        decode([Ev(0, 1, "c1", "click", T0 + 2000, 2.0, "u2", event_id="b")])
+    )
+    assert (out.counted, out.duplicates) == (1, 0)
+    assert restored.open_window_count == 1
