@@ -17,6 +17,7 @@ run (start-up and shutdown).
 
 import argparse
 import asyncio
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -70,7 +71,8 @@ def run_flow(
     topics: dict[str, str],
     expect: int,
     extra_env: dict[str, str] | None = None,
-) -> float:
+) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the flow process) of one run."""
     with fresh_database(admin_dsn) as dsn, tempfile.TemporaryDirectory() as tmp:
         env = {
             "PULSE_KAFKA_BOOTSTRAP": bootstrap,
@@ -84,9 +86,14 @@ def run_flow(
             **(extra_env or {}),
         }
         started = time.perf_counter()
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with pulse_process("flow", env, Path(tmp)) as proc:
             code = proc.wait(timeout=3600)
         elapsed = time.perf_counter() - started
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (
+            cpu_before.ru_utime + cpu_before.ru_stime
+        )
         if code != 0:
             raise SystemExit(
                 f"pulse flow exited with {code}: {(Path(tmp) / 'flow.log').read_text()}"
@@ -96,7 +103,7 @@ def run_flow(
         counted = int(row[0]) if row else 0
         if counted != expect:
             raise SystemExit(f"counted {counted} events, expected {expect}")
-        return elapsed
+        return elapsed, cpu
 
 
 def main() -> None:
@@ -120,27 +127,35 @@ def main() -> None:
         "backfill, 1-2 h old (dedup on)": (backfill, {}),
     }
     best = dict.fromkeys(runs, float("inf"))
-    idle = float("inf")
+    cpu = dict.fromkeys(runs, float("inf"))
+    idle = idle_cpu = float("inf")
     on, off, back = list(runs)
     for round_ in range(args.rounds):
         time.sleep(SETTLE_S)
-        idle = min(idle, run_flow(bootstrap, admin_dsn, empty, 0))
+        wall, used = run_flow(bootstrap, admin_dsn, empty, 0)
+        idle, idle_cpu = min(idle, wall), min(idle_cpu, used)
         for name in [on, off, back] if round_ % 2 == 0 else [off, on, back]:
             topics, env = runs[name]
             time.sleep(SETTLE_S)
-            best[name] = min(best[name], run_flow(bootstrap, admin_dsn, topics, n, env))
-    print(f"{'dataflow run (best of ' + str(args.rounds) + ')':<34}{'seconds':>9}{'events/s':>12}")
-    print(f"{'empty topic (start-up, shutdown)':<34}{idle:>9.2f}")
-    rate = {}
+            wall, used = run_flow(bootstrap, admin_dsn, topics, n, env)
+            best[name], cpu[name] = min(best[name], wall), min(cpu[name], used)
+    title = f"dataflow run (best of {args.rounds})"
+    print(f"{title:<34}{'seconds':>9}{'events/s':>12}{'CPU us/event':>14}")
+    print(f"{'empty topic (start-up, shutdown)':<34}{idle:>9.2f}{'':>12}{idle_cpu:>13.2f}s")
+    rate, per_event = {}, {}
     for name, seconds in best.items():
         rate[name] = n / max(seconds - idle, 1e-9)
-        print(f"{name:<34}{seconds:>9.2f}{rate[name]:>12,.0f}  (minus start-up)")
-    on_s, off_s = best[on] - idle, best[off] - idle
-    ratio = rate[back] / rate[on]
-    print(f"backfill / on-time rate: {ratio:.2f}")
+        per_event[name] = (cpu[name] - idle_cpu) / n * 1e6
+        print(f"{name:<34}{seconds:>9.2f}{rate[name]:>12,.0f}{per_event[name]:>14.2f}")
+    print("(events/s and CPU exclude the empty run's start-up and shutdown)")
     print(
-        f"dedup: {(on_s - off_s) / n * 1e6:+.2f} us per event in the dataflow; "
-        f"on-time rate with dedup / without: {off_s / on_s:.2f}"
+        f"backfill / on-time: rate {rate[back] / rate[on]:.2f}, "
+        f"CPU per event {per_event[back] / per_event[on]:.2f}"
+    )
+    print(
+        f"dedup: {per_event[on] - per_event[off]:+.2f} CPU us per event "
+        f"({(best[on] - best[off]) / n * 1e6:+.2f} us wall); on-time rate with dedup / "
+        f"without: {rate[on] / rate[off]:.2f}"
     )
 
 
