@@ -18,7 +18,14 @@ import grpc
 from protos.analytics.v1 import analytics_pb2 as pb
 from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
 
-from .common import free_port, fresh_topics, pulse_process, stack, synthetic_events
+from .common import (
+    free_port,
+    fresh_topics,
+    pulse_process,
+    stack,
+    synthetic_events,
+    with_new_ids,
+)
 
 
 async def _single(stub: "pb_grpc.AnalyticsServiceAsyncStub", events: list[pb.RawEvent]) -> int:
@@ -40,10 +47,11 @@ async def _batched(stub: "pb_grpc.AnalyticsServiceAsyncStub", batches: list[pb.E
 
 
 async def measure(target: str, events: list[pb.RawEvent], batch_size: int) -> float:
+    warm_up, events = with_new_ids(events[:1000]), with_new_ids(events)
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.AnalyticsServiceStub(channel)
         if batch_size == 1:
-            await _single(stub, events[:500])  # warm-up
+            await _single(stub, warm_up[:500])
             started = time.perf_counter()
             accepted = await _single(stub, events)
         else:
@@ -51,7 +59,7 @@ async def measure(target: str, events: list[pb.RawEvent], batch_size: int) -> fl
                 pb.EventBatch(events=events[i : i + batch_size])
                 for i in range(0, len(events), batch_size)
             ]
-            await _batched(stub, batches[:2])
+            await _batched(stub, [pb.EventBatch(events=warm_up[:batch_size])])
             started = time.perf_counter()
             accepted = await _batched(stub, batches)
         elapsed = time.perf_counter() - started

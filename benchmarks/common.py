@@ -90,6 +90,19 @@ def synthetic_events(
     ]
 
 
+def with_new_ids(events: list[pb.RawEvent]) -> list[pb.RawEvent]:
+    """Copies with event ids never sent before: the edge and the dataflow count repeated
+    ids as retries, so every measured call needs its own."""
+    run = uuid.uuid4().hex[:12]
+    out = []
+    for i, event in enumerate(events):
+        copy = pb.RawEvent()
+        copy.CopyFrom(event)
+        copy.event_id = f"{run}-{i}"
+        out.append(copy)
+    return out
+
+
 @contextmanager
 def pulse_process(
     command: str, env: dict[str, str], workdir: Path

@@ -3,8 +3,9 @@
 import asyncio
 import random
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
@@ -23,7 +24,9 @@ class LoadPlan:
     `events_per_call` events go in one `IngestEventBatches` call; with a `rate`, the calls
     are spaced out, so a smaller value gives a steadier stream. `event_types`, when not
     empty, replaces the default mix (`EVENT_MIX`): each event draws one of them evenly.
-    Campaign ids are `campaign_prefix`-NNN for NNN from `first_campaign` on.
+    Campaign ids are `campaign_prefix`-NNN for NNN from `first_campaign` on. Event ids
+    are `load-<run>-<n>`: `run` is new for every plan unless given, so two runs never
+    send the same ids (the pipeline would count the second run's events as retries).
     """
 
     events: int
@@ -36,6 +39,7 @@ class LoadPlan:
     rate: float = 0.0
     seed: int = 1
     event_types: tuple[str, ...] = ()
+    run: str = field(default_factory=lambda: uuid.uuid4().hex[:12], compare=False)
 
     def __post_init__(self) -> None:
         if self.campaigns < 1 or self.batch_size < 1 or self.events_per_call < 1:
@@ -91,7 +95,7 @@ def build_batches(
                 campaign_id=campaigns[int(draw() * len(campaigns))],
                 event_type=event_type,
                 timestamp=now - int(draw() * 2000),
-                event_id=f"load-{plan.seed}-{i}",
+                event_id=f"load-{plan.run}-{i}",
                 value=int(draw() * 200) / 8 if event_type != "impression" else 0.0,
             )
             event.dimensions["user_id"] = f"user-{int(draw() * plan.users)}"

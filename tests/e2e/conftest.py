@@ -138,3 +138,26 @@ def pipeline(stack: Stack, database: str, topics: Topics, tmp_path: Path) -> Ite
     env = {"PULSE_IDLE_TIMEOUT_SECONDS": "3600"}
     with running(stack, database, topics, tmp_path, env) as started:
         yield started
+
+
+def listener_pid(port: int) -> int:
+    """The pid of the process listening on TCP `port` on this machine (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{inode}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+            if any(os.readlink(fd) in inodes for fd in fds):
+                return int(proc.name)
+        except OSError:
+            continue  # gone, or not ours to read
+    pytest.fail(f"no process listens on port {port}")

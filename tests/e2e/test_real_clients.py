@@ -4,21 +4,26 @@
   live and for ones never seen: they correct their closed windows (every column, the
   hour and day rollups, QueryMetrics); events beyond the correction horizon go to the
   late topic and its metric.
-- A retrying client re-sends whole calls and parts of calls, re-sends a call the edge
-  died in (UNAVAILABLE), and re-sends after the dataflow was killed with SIGKILL
-  between the original and the retry: every distinct event counts once, and the
-  duplicates metric counts every retry.
+- A retrying client re-sends whole calls and parts of calls, a call the edge died in, a
+  call the edge failed with UNAVAILABLE while Kafka stalled, and calls after the
+  dataflow was killed with SIGKILL between the original and the retry: every distinct
+  event counts once, and the duplicates metric counts every retry.
+- A backfill is corrected exactly while the dataflow is killed, and a call sent again
+  to the same edge is answered as duplicates.
 
 Every figure is checked against a reference computed from the `events.raw` log.
 """
 
 import asyncio
+import os
 import random
 import re
+import signal
 import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -31,7 +36,7 @@ from protos.analytics.v1 import analytics_pb2 as pb
 from pulse import sketches
 from pulse.timeutil import datetime_to_ms
 from tests.conftest import Stack, Topics
-from tests.e2e.conftest import Pipeline, running
+from tests.e2e.conftest import Pipeline, listener_pid, running
 from tests.e2e.test_analytics import read_log, side_sources, stored, within_rank
 from tests.reference import Bucket, windows_reference
 
@@ -57,9 +62,22 @@ def env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def clients(stack: Stack, database: str, topics: Topics, tmp_path: Path) -> Iterator[Pipeline]:
-    # No dedup at the edge: every retry reaches the dataflow.
-    with running(stack, database, topics, tmp_path, env(PULSE_EDGE_DEDUP_IDS="0")) as started:
+    # No dedup at the edge: every retry reaches the dataflow. A Kafka that does not answer
+    # for 2 s fails a call with UNAVAILABLE.
+    extra = {"PULSE_EDGE_DEDUP_IDS": "0", "PULSE_PRODUCE_TIMEOUT_SECONDS": "2"}
+    with running(stack, database, topics, tmp_path, env(**extra)) as started:
         yield started
+
+
+@contextmanager
+def kafka_stalled(pipeline: Pipeline) -> Iterator[None]:
+    """The broker stopped (SIGSTOP) until the block ends: it takes no more records."""
+    pid = listener_pid(int(pipeline.bootstrap.rsplit(":", 1)[1]))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def now_ms() -> int:
@@ -315,7 +333,7 @@ def counted(dsn: str, campaigns: list[str]) -> int:
     return int(row[0]) if row else 0
 
 
-def test_retries_count_once_across_edge_deaths_and_dataflow_kills(clients: Pipeline) -> None:
+def test_retries_count_once_across_edge_deaths_kafka_stalls_and_kills(clients: Pipeline) -> None:
     rng = random.Random(47)
     tag = rng.randrange(10**9)
     campaigns = [f"retry-{tag}-{i}" for i in range(8)]
@@ -335,14 +353,14 @@ def test_retries_count_once_across_edge_deaths_and_dataflow_kills(clients: Pipel
         async with PulseClient(clients.target, batch_size=250) as client:
             replies.append(await client.ingest(events))
 
-    async def send_and_lose_the_edge(events: list[pb.RawEvent]) -> None:
-        """The edge dies after four of the call's eight messages: the call fails."""
+    async def send_and_lose(events: list[pb.RawEvent], halfway: Callable[[], None]) -> None:
+        """`halfway` runs after four of the call's eight messages: the call fails."""
 
         async def batches() -> AsyncIterator[pb.EventBatch]:
             for k in range(8):
                 if k == 4:
                     await asyncio.sleep(0.5)  # the first half reaches Kafka
-                    clients.kill("serve")
+                    halfway()
                 yield pb.EventBatch(events=events[k * 250 : (k + 1) * 250])
 
         async with PulseClient(clients.target) as client:
@@ -360,26 +378,35 @@ def test_retries_count_once_across_edge_deaths_and_dataflow_kills(clients: Pipel
     run(send(calls[1]))  # a whole call again (its reply was lost)
     run(send(calls[2][500:1500]))  # part of a call again
     calls.append(call(2000, 8000))
-    run(send_and_lose_the_edge(calls[4]))
-    assert unavailable == [grpc.StatusCode.UNAVAILABLE]
+    run(send_and_lose(calls[4], lambda: clients.kill("serve")))
+    # The edge died mid-call: the client sees the connection drop (UNAVAILABLE, or
+    # INTERNAL when the stream was cut in the middle of a message).
+    assert unavailable[0] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
     clients.start("serve")
     clients.wait_serving()
     run(send(calls[4]))  # the whole call again, to the restarted edge
-    for i in (5, 6):
+    # Kafka stalls mid-call: the edge answers UNAVAILABLE once its 2 s are up.
+    calls.append(call(2000, 10000))
+    with kafka_stalled(clients):
+        run(send_and_lose(calls[5], lambda: time.sleep(0.1)))
+    stalled_at = unavailable[1]
+    assert stalled_at == grpc.StatusCode.UNAVAILABLE, unavailable
+    run(send(calls[5]))  # the whole call again
+    for i in (6, 7):
         calls.append(call(2000, 2000 * i))
         run(send(calls[i]))
     # The dataflow dies between the original calls and their retries.
-    wait_until("call 6 counted", lambda: counted(clients.dsn, campaigns) >= 12_000, 60)
+    wait_until("call 7 counted", lambda: counted(clients.dsn, campaigns) >= 16_000, 60)
     clients.kill("flow")
     clients.start("flow")
-    run(send(calls[6]))
-    run(send(calls[5][:700]))
-    calls.append(call(2000, 14000))
     run(send(calls[7]))
-    run(send(calls[7]))
+    run(send(calls[6][:700]))
+    calls.append(call(2000, 16000))
+    run(send(calls[8]))
+    run(send(calls[8]))
 
     distinct = {e.event_id for c in calls for e in c}
-    assert len(distinct) == 16_000
+    assert len(distinct) == 18_000
     buckets, late, _got = wait_exact(clients, campaigns)
     assert late == []
     assert sum(b.count for k, b in buckets.items() if k[0] in campaigns) == len(distinct)
