@@ -139,8 +139,7 @@ class WindowAggregate:
 
     def row(self, campaign_id: str, event_type: str, start_ms: int, closed: bool) -> MetricRow:
         """The window as a row; closed rows carry the serialized sketches for rollups."""
-        q = sketches.quantiles(self.values)
-        p50, p95, p99 = q if q is not None else (None, None, None)
+        p50, p95, p99 = sketches.percentiles(self.values)
         return MetricRow(
             campaign_id,
             event_type,

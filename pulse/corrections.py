@@ -276,8 +276,7 @@ def correct_window(
         return None
     first = fresh[0]
     users, values = _merged(fresh, stored.users_sketch, stored.values_sketch)
-    q = sketches.quantiles(values)
-    p50, p95, p99 = q if q is not None else (None, None, None)
+    p50, p95, p99 = sketches.percentiles(values)
     new_values = [v for c in fresh for v in c.values]
     new_times = [t for c in fresh for t in c.times]
     count = len(new_values)
@@ -348,8 +347,7 @@ def correct_rollup(
         return None
     first = fresh[0]
     users, values = _merged(fresh, stored.users_sketch, stored.values_sketch)
-    q = sketches.quantiles(values)
-    p50, p95, p99 = q if q is not None else (None, None, None)
+    p50, p95, p99 = sketches.percentiles(values)
     return CorrectedRollup(
         resolution=resolution,
         campaign_id=first.campaign_id,

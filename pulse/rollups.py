@@ -178,8 +178,7 @@ def _row(
     resolution: Resolution, campaign_id: str, event_type: str, start: int, acc: _Accumulator
 ) -> RollupRow:
     users = acc.users.get_result(sketches.HLL_TYPE)
-    q = sketches.quantiles(acc.values)
-    p50, p95, p99 = q if q is not None else (None, None, None)
+    p50, p95, p99 = sketches.percentiles(acc.values)
     return RollupRow(
         resolution,
         campaign_id,

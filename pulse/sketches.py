@@ -61,6 +61,12 @@ def quantiles(sketch: ds.kll_doubles_sketch) -> tuple[float, float, float] | Non
     return float(p50), float(p95), float(p99)
 
 
+def percentiles(sketch: ds.kll_doubles_sketch) -> tuple[float | None, float | None, float | None]:
+    """(p50, p95, p99), or three Nones for an empty sketch (as stored in the tables)."""
+    q = quantiles(sketch)
+    return q if q is not None else (None, None, None)
+
+
 def hll_bytes(sketch: ds.hll_sketch) -> bytes:
     return bytes(sketch.serialize_compact())
 
