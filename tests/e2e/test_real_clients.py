@@ -70,12 +70,11 @@ def clients(stack: Stack, database: str, topics: Topics, tmp_path: Path) -> Iter
 
 
 @contextmanager
-def kafka_stalled(pipeline: Pipeline) -> Iterator[None]:
-    """The broker stopped (SIGSTOP) until the block ends: it takes no more records."""
+def kafka_stoppable(pipeline: Pipeline) -> Iterator[Callable[[], None]]:
+    """A function that stops the broker (SIGSTOP); it runs again when the block ends."""
     pid = listener_pid(int(pipeline.bootstrap.rsplit(":", 1)[1]))
-    os.kill(pid, signal.SIGSTOP)
     try:
-        yield
+        yield lambda: os.kill(pid, signal.SIGSTOP)
     finally:
         os.kill(pid, signal.SIGCONT)
 
@@ -350,8 +349,16 @@ def test_retries_count_once_across_edge_deaths_kafka_stalls_and_kills(clients: P
     unavailable: list[grpc.StatusCode] = []
 
     async def send(events: list[pb.RawEvent]) -> None:
-        async with PulseClient(clients.target, batch_size=250) as client:
-            replies.append(await client.ingest(events))
+        """One call, retried as a client would while the edge answers UNAVAILABLE."""
+        for attempt in range(10):
+            async with PulseClient(clients.target, batch_size=250) as client:
+                try:
+                    replies.append(await client.ingest(events))
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 9:
+                        raise
+            await asyncio.sleep(1)
 
     async def send_and_lose(events: list[pb.RawEvent], halfway: Callable[[], None]) -> None:
         """`halfway` runs after four of the call's eight messages: the call fails."""
@@ -385,13 +392,13 @@ def test_retries_count_once_across_edge_deaths_kafka_stalls_and_kills(clients: P
     clients.start("serve")
     clients.wait_serving()
     run(send(calls[4]))  # the whole call again, to the restarted edge
-    # Kafka stalls mid-call: the edge answers UNAVAILABLE once its 2 s are up.
+    # Kafka stalls mid-call (after the first 1,000 events were acknowledged): the edge
+    # answers UNAVAILABLE once its 2 s are up.
     calls.append(call(2000, 10000))
-    with kafka_stalled(clients):
-        run(send_and_lose(calls[5], lambda: time.sleep(0.1)))
-    stalled_at = unavailable[1]
-    assert stalled_at == grpc.StatusCode.UNAVAILABLE, unavailable
-    run(send(calls[5]))  # the whole call again
+    with kafka_stoppable(clients) as stop_kafka:
+        run(send_and_lose(calls[5], stop_kafka))
+    assert unavailable[1] == grpc.StatusCode.UNAVAILABLE, unavailable
+    run(send(calls[5]))  # the whole call again, once Kafka answers
     for i in (6, 7):
         calls.append(call(2000, 2000 * i))
         run(send(calls[i]))
