@@ -86,13 +86,14 @@ def _consumer_error(msg: Message) -> None:
 class _Pending:
     """One partition's part of an input batch, while it is decoded."""
 
-    __slots__ = ("digests", "last_log_ms", "records", "times")
+    __slots__ = ("digests", "heartbeats", "last_log_ms", "records", "times")
 
     def __init__(self) -> None:
         self.records: list[Record] = []
         self.digests: list[bytes] = []
         self.times: array[int] = array("q")
         self.last_log_ms = NO_TIME
+        self.heartbeats = 0
 
     def batch(self, partition: int, trace_parents: tuple[bytes, ...]) -> RecordBatch:
         return RecordBatch(
@@ -102,6 +103,7 @@ class _Pending:
             log_ms=self.times,
             last_log_ms=self.last_log_ms,
             trace_parents=trace_parents,
+            heartbeats=self.heartbeats,
         )
 
 
@@ -147,6 +149,7 @@ class Decoder:
                     dead.append(beat)
                     continue
                 add_record(beat)
+                cur.heartbeats += 1
                 if beat[2] > last:  # noqa: PLR1730 (no call to max() per record)
                     last = beat[2]
                 continue

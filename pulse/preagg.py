@@ -63,10 +63,11 @@ Record = tuple[str, str, int, float, str, int, bytes]
 class RecordBatch:
     """One input batch of one partition, decoded: what the partition's state consumes.
 
-    `digests` holds the 16-byte hash of each event's `(campaign_id, event_id)` and
-    `log_ms` each event's log time within the batch (the highest event time or
-    heartbeat wall time so far), both in offset order, one per event (not per
-    heartbeat). `last_log_ms` is the log time after the batch's last record.
+    With dedup on, `digests` holds the 16-byte hash of each event's
+    `(campaign_id, event_id)` and `log_ms` each event's log time within the batch (the
+    highest event time or heartbeat wall time so far), both in offset order, one per
+    event (not per heartbeat); without, both are empty. `last_log_ms` is the log time
+    after the batch's last record.
     """
 
     partition: int
@@ -75,10 +76,11 @@ class RecordBatch:
     log_ms: Sequence[int] = ()
     last_log_ms: int = NO_TIME
     trace_parents: tuple[bytes, ...] = ()  # as in `PartitionChunk`
+    heartbeats: int = 0  # records that are heartbeats
 
     @property
     def event_count(self) -> int:
-        return len(self.log_ms)
+        return len(self.records) - self.heartbeats
 
 
 def heartbeat_record(wall_ms: int, offset: int) -> Record:

@@ -173,7 +173,7 @@ class PartitionWindows:
         """The batch's records without retries, and how many retries there were."""
         before = self._log_ms
         self._log_ms = max(before, batch.last_log_ms)
-        if self._ids is None or not batch.event_count:
+        if self._ids is None or not batch.digests:
             return batch.records, 0
         log_ms = np.maximum(np.asarray(batch.log_ms, dtype=np.int64), max(before, 0))
         keep = self._ids.admit(batch.digests, log_ms)

@@ -137,10 +137,14 @@ def test_the_decoder_hashes_ids_as_event_digest_does() -> None:
         )
         for i, e in enumerate(events)
     ]
+    beat = pb.Heartbeat(wall_time_ms=5000, source="test").SerializeToString()
+    messages.append(Message(key=b"", value=beat, topic="t", partition=0, offset=10))
     [(_key, batch)] = Decoder("dlq")(messages)  # type: ignore[misc]
     assert batch.digests == b"".join(event_digest(e.campaign_id, e.event_id) for e in events)
     [(_key, off)] = Decoder("dlq", dedup=False)(messages)  # type: ignore[misc]
     assert off.digests == b""
+    assert batch.event_count == off.event_count == 10  # heartbeats excluded, dedup or not
+    assert batch.last_log_ms == off.last_log_ms == 5000
 
 
 def test_large_arrays_are_mapped_on_glibc() -> None:
