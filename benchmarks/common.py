@@ -11,14 +11,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
-
-import psycopg
-from psycopg import sql
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.settings import CommonSettings, load
-from sinks.schema import migrate
+from sinks.scratch import create_database, drop_database
 from sinks.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,16 +46,11 @@ def fresh_topics(bootstrap: str, partitions: int = 4) -> dict[str, str]:
 
 @contextmanager
 def fresh_database(admin_dsn: str) -> Iterator[str]:
-    name = f"pulse_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = urlsplit(admin_dsn)._replace(path=f"/{name}").geturl()
-    migrate(dsn)
+    name, dsn = create_database(admin_dsn, "pulse_bench")
     try:
         yield dsn
     finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(admin_dsn, name)
 
 
 def synthetic_events(

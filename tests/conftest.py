@@ -9,14 +9,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from pulse.settings import CommonSettings
-from sinks.schema import migrate
+from sinks.scratch import create_database, drop_database
 from sinks.topics import ensure_topics
 
 STACK_TIERS = ("integration", "e2e")
@@ -58,14 +56,9 @@ def stack() -> Stack:
 @pytest.fixture(scope="session")
 def database(stack: Stack) -> Iterator[str]:
     """A fresh, migrated database for this test session; dropped afterwards."""
-    name = f"pulse_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(stack.admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = urlsplit(stack.admin_dsn)._replace(path=f"/{name}").geturl()
-    migrate(dsn)
+    name, dsn = create_database(stack.admin_dsn, "pulse_test")
     yield dsn
-    with psycopg.connect(stack.admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(stack.admin_dsn, name)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from pulse.query import MetricPointRow, MetricsQuery
 from pulse.rollups import Resolution, RollupRow
 from pulse.timeutil import datetime_to_ms
 from sinks.schema import migrate
+from sinks.scratch import drop_database
 from sinks.timescale_reader import TimescaleMetricsReader
 from sinks.timescale_writer import StoreItem, TimescaleSink
 from tests.conftest import Stack
@@ -194,8 +195,7 @@ def test_migrations_upgrade_existing_rows_and_chunks(stack: Stack) -> None:
             at(T0 + MINUTE),
         ) == [(0, 1)]
     finally:
-        with psycopg.connect(stack.admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(stack.admin_dsn, name)
 
 
 # --- event_metrics ----------------------------------------------------------------------
