@@ -175,8 +175,7 @@ class PartitionWindows:
         self._log_ms = max(before, batch.last_log_ms)
         if self._ids is None or not batch.digests:
             return batch.records, 0
-        log_ms = np.maximum(np.asarray(batch.log_ms, dtype=np.int64), max(before, 0))
-        keep = self._ids.admit(batch.digests, log_ms)
+        keep = self._ids.admit(batch.digests, batch.event_log_ms(before))
         duplicates = len(keep) - int(np.count_nonzero(keep))
         if not duplicates:
             return batch.records, 0

@@ -1,5 +1,6 @@
 """The id memory behind dedup, against a plain dict of last-counted times."""
 
+import math
 import pickle
 import random
 
@@ -90,7 +91,22 @@ def test_memory_per_id_is_at_most_twenty_two_bytes() -> None:
     assert len(memory) == 100_000
     # 20 bytes of hash and time, and 1-2 bytes of each run's bitmap.
     assert (BYTES_PER_ID + 1) * 100_000 <= memory.nbytes <= (BYTES_PER_ID + 2) * 100_000
-    assert memory.run_count <= 17  # about log2(ids / batch) + 1
+    assert memory.run_count == 2  # 16 batches merged into one run, the last 4 into another
+
+
+def test_runs_stay_few_whatever_the_batch_sizes() -> None:
+    """Four runs merge when the oldest is at most twice the newest, so of any four runs
+    in a row the first is over twice the last: at most 3 log2(ids) + 1 runs."""
+    rng = random.Random(7)
+    memory = IdMemory(3600)
+    t = 1_764_000_000_000
+    i = 0
+    while i < 200_000:
+        size = rng.choice([1, 3, 40, 700, 5000])
+        decide(memory, [(f"id-{k}", t + k) for k in range(i, i + size)])
+        i += size
+        assert memory.run_count <= 3 * math.ceil(math.log2(i)) + 1
+    assert len(memory) == i
 
 
 def test_a_64_bit_half_collision_is_not_a_duplicate() -> None:
