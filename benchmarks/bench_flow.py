@@ -12,12 +12,15 @@ Each run checks the total count. A run can be slowed by the database still busy 
 previous one (a backfill writes much more), so each round runs the empty topic first,
 then the two on-time runs in alternating order, then the backfill, with a pause before
 each run. The best round of each is reported, after subtracting the time of the empty
-run (start-up and shutdown).
+run (start-up and shutdown). Dedup's cost is also reported round by round, from the
+on-time runs with and without it that ran back to back, and their median: on shared
+cores the machine's speed drifts between rounds, and a pair shares its drift.
 """
 
 import argparse
 import asyncio
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -109,7 +112,7 @@ def run_flow(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", "--events", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     n = args.events
     bootstrap, admin_dsn = stack()
@@ -130,15 +133,26 @@ def main() -> None:
     cpu = dict.fromkeys(runs, float("inf"))
     idle = idle_cpu = float("inf")
     on, off, back = list(runs)
+    paired: list[tuple[float, float]] = []  # per round: dedup on / off, rate and CPU
     for round_ in range(args.rounds):
         time.sleep(SETTLE_S)
         wall, used = run_flow(bootstrap, admin_dsn, empty, 0)
         idle, idle_cpu = min(idle, wall), min(idle_cpu, used)
+        this: dict[str, tuple[float, float]] = {}
         for name in [on, off, back] if round_ % 2 == 0 else [off, on, back]:
             topics, env = runs[name]
             time.sleep(SETTLE_S)
             wall, used = run_flow(bootstrap, admin_dsn, topics, n, env)
             best[name], cpu[name] = min(best[name], wall), min(cpu[name], used)
+            this[name] = (wall, used)
+        # On and off ran back to back: their ratio is steadier than ratios of bests
+        # taken from different rounds, when the machine's speed drifts between rounds.
+        paired.append(
+            (
+                (this[off][0] - idle) / (this[on][0] - idle),
+                (this[on][1] - this[off][1]) / (this[off][1] - idle_cpu),
+            )
+        )
     title = f"dataflow run (best of {args.rounds})"
     print(f"{title:<34}{'seconds':>9}{'events/s':>12}{'CPU us/event':>14}")
     print(f"{'empty topic (start-up, shutdown)':<34}{idle:>9.2f}{'':>12}{idle_cpu:>13.2f}s")
@@ -156,6 +170,14 @@ def main() -> None:
         f"dedup: {per_event[on] - per_event[off]:+.2f} CPU us per event "
         f"({(best[on] - best[off]) / n * 1e6:+.2f} us wall); on-time rate with dedup / "
         f"without: {rate[on] / rate[off]:.2f}"
+    )
+    ratios = sorted(r for r, _ in paired)
+    extra = sorted(c for _, c in paired)
+    print(
+        "dedup, round by round (on and off back to back): rate with / without "
+        f"{', '.join(f'{r:.2f}' for r in ratios)} (median {statistics.median(ratios):.2f}); "
+        f"extra CPU {', '.join(f'{c:+.0%}' for c in extra)} "
+        f"(median {statistics.median(extra):+.0%})"
     )
 
 
