@@ -1,0 +1,178 @@
+"""Cardinality sweep: the dataflow's cost per event and per (key, window).
+
+For each key count K, a fresh topic is filled with N events (default 1,000,000), event
+times 1 ms apart (so N / 60,000 one-minute windows), event i for campaign i mod K, one
+event type, users drawn from 100,000. A fresh `pulse flow` (`PULSE_TAIL=false`) reads
+it to the end into a fresh database; the run checks that every event was counted.
+
+Per run: wall seconds (start-up and shutdown excluded: the time of an empty topic's run
+is subtracted), events/s, key-windows (rows written to `event_metrics`), peak resident
+memory of the dataflow process, and the rate relative to the smallest K. Then a least
+squares fit of the wall time over the sweep, `seconds = a * events + b * key-windows`,
+gives the cost per event `a` and per key-window `b` (N is the same in every run, so `a`
+comes from the fit's intercept).
+"""
+
+import argparse
+import asyncio
+import random
+import resource
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+from ingest.producer import KafkaEventProducer
+from protos.analytics.v1 import analytics_pb2 as pb
+
+from .common import free_port, fresh_database, fresh_topics, pulse_process, stack
+
+PARTITIONS = 4
+USERS = 100_000
+CHUNK = 50_000
+
+
+async def fill(bootstrap: str, topic: str, n: int, keys: int) -> None:
+    """N events, 1 ms apart, ending a minute ago; campaign of event i: i mod `keys`."""
+    rng = random.Random(keys)
+    start = int(time.time() * 1000) - n - 60_000
+    producer = KafkaEventProducer(bootstrap, topic, timeout_s=120)
+    try:
+        for first in range(0, n, CHUNK):
+            records = []
+            for i in range(first, min(first + CHUNK, n)):
+                campaign = f"c{i % keys}"
+                event = pb.RawEvent(
+                    campaign_id=campaign,
+                    event_type="impression",
+                    timestamp=start + i,
+                    event_id=f"k{keys}-{i}",
+                    value=rng.randrange(400) / 8,
+                    dimensions={"user_id": f"user-{rng.randrange(USERS)}"},
+                )
+                records.append((campaign.encode(), event.SerializeToString()))
+            for i in range(0, len(records), 10_000):
+                await producer.send(records[i : i + 10_000])
+    finally:
+        producer.close()
+
+
+class PeakRss:
+    """Polls a process's peak resident memory (VmHWM) until it exits."""
+
+    def __init__(self, pid: int) -> None:
+        self._status = Path(f"/proc/{pid}/status")
+        self.peak_kb = 0
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while True:
+            try:
+                text = self._status.read_text()
+            except OSError:
+                return  # the process is gone
+            for line in text.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            time.sleep(0.1)
+
+    def join(self) -> None:
+        self._thread.join(timeout=5)
+
+
+def run_flow(
+    bootstrap: str, admin_dsn: str, topics: dict[str, str], expect: int
+) -> tuple[float, float, int, int]:
+    """(wall seconds, CPU seconds, peak RSS in bytes, rows written) of one run."""
+    with fresh_database(admin_dsn) as dsn, tempfile.TemporaryDirectory() as tmp:
+        env = {
+            "PULSE_KAFKA_BOOTSTRAP": bootstrap,
+            "PULSE_PG_DSN": dsn,
+            "PULSE_TOPIC_RAW": topics["raw"],
+            "PULSE_TOPIC_LATE": topics["late"],
+            "PULSE_TOPIC_DLQ": topics["dlq"],
+            "PULSE_TOPIC_NOTIFICATIONS": topics["notifications"],
+            "PULSE_TAIL": "false",
+            "PULSE_API_PORT": str(free_port()),
+        }
+        started = time.perf_counter()
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with pulse_process("flow", env, Path(tmp)) as proc:
+            peak = PeakRss(proc.pid)
+            code = proc.wait(timeout=7200)
+            peak.join()
+        elapsed = time.perf_counter() - started
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (
+            cpu_before.ru_utime + cpu_before.ru_stime
+        )
+        if code != 0:
+            log = (Path(tmp) / "flow.log").read_text()[-4000:]
+            raise SystemExit(f"pulse flow exited with {code}: {log}")
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT coalesce(sum(event_count), 0), count(*) FROM event_metrics"
+            ).fetchone()
+        counted, rows = (int(row[0]), int(row[1])) if row else (0, 0)
+        if counted != expect:
+            raise SystemExit(f"counted {counted} events, expected {expect}")
+        return elapsed, cpu, peak.peak_kb * 1024, rows
+
+
+def fit(points: list[tuple[int, float]], events: int) -> tuple[float, float]:
+    """Least squares `seconds = c + b * key_windows`; returns (a = c / events, b)."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    b = sum((x - mean_x) * (y - mean_y) for x, y in points) / var if var else 0.0
+    return (mean_y - b * mean_x) / events, b
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", "--events", type=int, default=1_000_000)
+    parser.add_argument(
+        "--keys", default="100,10000,100000,1000000", help="comma-separated key counts"
+    )
+    args = parser.parse_args()
+    n = args.events
+    sweep = [int(k) for k in args.keys.split(",")]
+    bootstrap, admin_dsn = stack()
+    empty = fresh_topics(bootstrap, PARTITIONS)
+    idle, idle_cpu, idle_rss, _ = run_flow(bootstrap, admin_dsn, empty, 0)
+    print(f"empty topic: {idle:.2f} s (start-up and shutdown), peak RSS {idle_rss / 2**20:.0f} MB")
+    print(
+        f"{'keys':>10}{'key-windows':>13}{'seconds':>9}{'events/s':>11}"
+        f"{'CPU s':>8}{'peak RSS MB':>13}{'rate / first':>14}"
+    )
+    results: list[tuple[int, int, float]] = []
+    first_rate = 0.0
+    for keys in sweep:
+        topics = fresh_topics(bootstrap, PARTITIONS)
+        asyncio.run(fill(bootstrap, topics["raw"], n, keys))
+        time.sleep(3.0)  # let the broker settle after the fill
+        wall, cpu, rss, rows = run_flow(bootstrap, admin_dsn, topics, n)
+        seconds = wall - idle
+        if seconds < 1.0:
+            raise SystemExit(f"{keys} keys: {seconds:.2f} s is too short to measure; add events")
+        rate = n / seconds
+        first_rate = first_rate or rate
+        results.append((keys, rows, seconds))
+        print(
+            f"{keys:>10,}{rows:>13,}{seconds:>9.1f}{rate:>11,.0f}"
+            f"{cpu - idle_cpu:>8.1f}{rss / 2**20:>13,.0f}{rate / first_rate:>14.3f}"
+        )
+    if len(results) >= 2:
+        per_event, per_window = fit([(rows, s) for _, rows, s in results], n)
+        print(
+            f"fit over the sweep: {per_event * 1e6:.2f} us per event + "
+            f"{per_window * 1e6:.1f} us per key-window"
+        )
+
+
+if __name__ == "__main__":
+    main()
