@@ -6,9 +6,10 @@ rollups (`event_sketch_rollups`), late corrections (merged into stored window an
 rows, `sinks/timescale_corrections.py`), alert transitions (`alerts`) and, when tracing,
 `SpanMark`s of the dataflow's processing spans (no SQL: the batch's write span links to
 them). Each batch is written in one transaction of a few statements, one per kind (two
-reads and two writes for corrections), each a single round trip over `unnest()`ed array
-parameters, sent in binary (the text format escapes every array element, which cost
-more than the writes themselves).
+reads and two writes for corrections). Window rows, the most numerous, go by binary COPY
+into a staging table and one merge (`sinks/timescale_metrics.py`); the other kinds are
+each a single round trip over `unnest()`ed array parameters, sent in binary (the text
+format escapes every array element, which cost more than the writes themselves).
 
 Every statement is idempotent, so a replay after a crash (or a retry after a commit
 whose acknowledgement was lost) changes nothing:
@@ -24,7 +25,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Literal
 
 import psycopg
@@ -39,47 +39,12 @@ from pulse.rollups import RollupRow
 from pulse.timeutil import ms_to_datetime
 from sinks.otel import SpanMark
 from sinks.timescale_corrections import apply_corrections
+from sinks.timescale_metrics import write_metrics
 
 log = logging.getLogger(__name__)
 
 StoreItem = MetricRow | RollupRow | LateEvent | CorrectionBatch | AlertEvent | SpanMark
 WriteKind = Literal["metrics", "late", "rollups", "corrections", "alerts"]
-
-# Every on-time column; `late_events` belongs to the late-event statement alone.
-METRICS_SQL = """
-INSERT INTO event_metrics (
-    bucket, campaign_id, event_type, event_count, value_sum, value_min, value_max,
-    value_avg, unique_users, value_p50, value_p95, value_p99, first_event_at,
-    last_event_at, closed, revision, users_sketch, values_sketch, on_time_count
-)
-SELECT u.*, u.event_count FROM unnest(
-    %b::timestamptz[], %b::text[], %b::text[], %b::bigint[], %b::float8[], %b::float8[],
-    %b::float8[], %b::float8[], %b::bigint[], %b::float8[], %b::float8[], %b::float8[],
-    %b::timestamptz[], %b::timestamptz[], %b::boolean[], %b::bigint[], %b::bytea[],
-    %b::bytea[]
-) AS u(bucket, campaign_id, event_type, event_count, value_sum, value_min, value_max,
-       value_avg, unique_users, value_p50, value_p95, value_p99, first_event_at,
-       last_event_at, closed, revision, users_sketch, values_sketch)
-ON CONFLICT (campaign_id, event_type, bucket) DO UPDATE
-SET event_count = excluded.event_count,
-    on_time_count = excluded.on_time_count,
-    value_sum = excluded.value_sum,
-    value_min = excluded.value_min,
-    value_max = excluded.value_max,
-    value_avg = excluded.value_avg,
-    unique_users = excluded.unique_users,
-    value_p50 = excluded.value_p50,
-    value_p95 = excluded.value_p95,
-    value_p99 = excluded.value_p99,
-    first_event_at = excluded.first_event_at,
-    last_event_at = excluded.last_event_at,
-    closed = excluded.closed,
-    revision = excluded.revision,
-    users_sketch = excluded.users_sketch,
-    values_sketch = excluded.values_sketch,
-    updated_at = now()
-WHERE event_metrics.revision < excluded.revision
-"""
 
 # Only ledger rows inserted now are counted. A bucket without a row yet gets a closed,
 # late-only row (revision 1 is below that of any row with an on-time event, 2 * count).
@@ -182,33 +147,6 @@ def unique_late(events: Sequence[LateEvent]) -> list[LateEvent]:
     return list(seen.values())
 
 
-def _optional_time(ms: int | None) -> datetime | None:
-    return None if ms is None else ms_to_datetime(ms)
-
-
-def _metrics_params(rows: Sequence[MetricRow]) -> tuple[list[object], ...]:
-    return (
-        [ms_to_datetime(r.bucket_start_ms) for r in rows],
-        [r.campaign_id for r in rows],
-        [r.event_type for r in rows],
-        [r.event_count for r in rows],
-        [r.value_sum for r in rows],
-        [r.value_min for r in rows],
-        [r.value_max for r in rows],
-        [r.value_avg for r in rows],
-        [r.unique_users for r in rows],
-        [r.value_p50 for r in rows],
-        [r.value_p95 for r in rows],
-        [r.value_p99 for r in rows],
-        [_optional_time(r.first_event_ms) for r in rows],
-        [_optional_time(r.last_event_ms) for r in rows],
-        [r.closed for r in rows],
-        [r.revision for r in rows],
-        [r.users_sketch for r in rows],
-        [r.values_sketch for r in rows],
-    )
-
-
 def _late_params(events: Sequence[LateEvent], topic: str) -> dict[str, object]:
     return {
         "topic": topic,
@@ -256,11 +194,11 @@ def _alerts_params(alerts: Sequence[AlertEvent]) -> tuple[list[object], ...]:
     )
 
 
-# (kind, sql, params, rows); corrections have no SQL of their own: their params are the
-# corrections, merged by `apply_corrections`.
-Statement = tuple[
-    WriteKind, str, tuple[list[object], ...] | dict[str, object] | list[CorrectionBatch], int
-]
+# (kind, sql, params, rows); window rows and corrections have no SQL of their own: their
+# params are the rows, copied by `write_metrics`, or the corrections, merged by
+# `apply_corrections`.
+Params = tuple[list[object], ...] | dict[str, object] | list[MetricRow] | list[CorrectionBatch]
+Statement = tuple[WriteKind, str, Params, int]
 
 
 @dataclass(slots=True)
@@ -302,7 +240,7 @@ def plan(items: Sequence[StoreItem], source_topic: str) -> list[Statement]:
     statements: list[Statement] = []
     if metrics:
         rows = latest_rows(metrics)
-        statements.append(("metrics", METRICS_SQL, _metrics_params(rows), len(rows)))
+        statements.append(("metrics", "", rows, len(rows)))
     if late:
         events = unique_late(late)
         statements.append(("late", LATE_SQL, _late_params(events, source_topic), len(events)))
@@ -361,7 +299,9 @@ class _Partition(StatelessSinkPartition[StoreItem]):
         conn = self._connection()
         with conn.transaction():
             for kind, query, params, _rows in statements:
-                if kind == "corrections":
+                if kind == "metrics":
+                    write_metrics(conn, params)  # type: ignore[arg-type]
+                elif kind == "corrections":
                     apply_corrections(conn, params)  # type: ignore[arg-type]
                 else:
                     conn.execute(query, params)
