@@ -48,6 +48,12 @@ class Partial:
     @classmethod
     def of(cls, events: Sequence[EventTuple]) -> "Partial":
         """Fold events given as `(time, value, user, offset, raw)` tuples (at least one)."""
+        if len(events) == 1:  # common at high cardinality: a key's only event in a batch
+            ts, value, user, offset, raw = events[0]
+            return cls(
+                1, round(value * MICROS), value, value, ts, ts, (value,), (user,), (offset,),
+                (ts,), (raw,),
+            )  # fmt: skip
         times, values, users, offsets, raws = zip(*events, strict=True)
         return cls(
             len(times),
