@@ -102,18 +102,31 @@ class MetricRow:
 
 
 class WindowAggregate:
-    """The running aggregate of one open window: scalars plus mergeable sketches."""
+    """The running aggregate of one open window: scalars, plus its users and values.
+
+    Users and values stay exact (a set, a list) while they are few (`SMALL` at most),
+    and become mergeable sketches when they grow or when a sketch is asked for (`users`,
+    `values`: to merge the window into a rollup or a sliding alert window, or to store
+    it). Most windows of a high-cardinality stream hold a few events: exact sets cost
+    less to fill, to read and to keep than sketches (a KLL sketch alone allocates room
+    for 400 values). The estimates agree: below 400 values a KLL sketch is exact, and
+    `exact_quantiles` answers as it does; an HLL sketch counts a few users exactly.
+    """
 
     __slots__ = (
+        "_user_set",
+        "_users",
+        "_value_list",
+        "_values",
         "count",
         "first_ms",
         "last_ms",
         "sum_micros",
-        "users",
         "value_max",
         "value_min",
-        "values",
     )
+
+    SMALL = 32
 
     def __init__(self) -> None:
         self.count = 0
@@ -122,8 +135,10 @@ class WindowAggregate:
         self.value_max = float("-inf")
         self.first_ms = 2**63 - 1
         self.last_ms = -(2**63)
-        self.users = sketches.new_hll()
-        self.values = sketches.new_kll()
+        self._user_set: set[str] | None = set()  # None once a sketch holds the users
+        self._users: sketches.HllSketch | None = None
+        self._value_list: list[float] | None = []  # None once a sketch holds the values
+        self._values: sketches.KllSketch | None = None
 
     def merge(self, part: Partial) -> None:
         self.count += part.count
@@ -132,8 +147,62 @@ class WindowAggregate:
         self.value_max = max(self.value_max, part.value_max)
         self.first_ms = min(self.first_ms, part.first_ms)
         self.last_ms = max(self.last_ms, part.last_ms)
-        sketches.add_users(self.users, part.users)
-        sketches.add_values(self.values, part.values)
+        users = self._user_set
+        if users is None:
+            sketches.add_users(self.users, part.users)
+        else:
+            users.update(part.users)
+            users.discard("")  # events without a user
+            if len(users) > self.SMALL:
+                self._users = self._hll_of(users)
+                self._user_set = None
+        values = self._value_list
+        if values is None:
+            sketches.add_values(self.values, part.values)
+        else:
+            values.extend(part.values)
+            if len(values) > self.SMALL:
+                self._values = self._kll_of(values)
+                self._value_list = None
+
+    @staticmethod
+    def _hll_of(users: set[str]) -> sketches.HllSketch:
+        sketch = sketches.new_hll()
+        sketches.add_users(sketch, users)
+        return sketch
+
+    @staticmethod
+    def _kll_of(values: list[float]) -> sketches.KllSketch:
+        sketch = sketches.new_kll()
+        sketches.add_values(sketch, values)
+        return sketch
+
+    @property
+    def users(self) -> sketches.HllSketch:
+        """The users as a sketch (made now if they were still exact; kept from then on)."""
+        if self._users is None:
+            self._users = self._hll_of(self._user_set or set())
+            self._user_set = None
+        return self._users
+
+    @property
+    def values(self) -> sketches.KllSketch:
+        """The values as a sketch (made now if they were still exact; kept from then on)."""
+        if self._values is None:
+            self._values = self._kll_of(self._value_list or [])
+            self._value_list = None
+        return self._values
+
+    def distinct_users(self) -> int:
+        users = self._user_set
+        return len(users) if users is not None else sketches.distinct(self.users)
+
+    def percentiles(self) -> tuple[float | None, float | None, float | None]:
+        values = self._value_list
+        if values is None:
+            return sketches.percentiles(self.values)
+        q = sketches.exact_quantiles(values)
+        return q if q is not None else (None, None, None)
 
     @property
     def value_sum(self) -> float:
@@ -145,7 +214,7 @@ class WindowAggregate:
 
     def row(self, campaign_id: str, event_type: str, start_ms: int, closed: bool) -> MetricRow:
         """The window as a row; closed rows carry the serialized sketches for rollups."""
-        p50, p95, p99 = sketches.percentiles(self.values)
+        p50, p95, p99 = self.percentiles()
         return MetricRow(
             campaign_id,
             event_type,
@@ -154,7 +223,7 @@ class WindowAggregate:
             self.value_sum,
             self.value_min if self.count else None,
             self.value_max if self.count else None,
-            sketches.distinct(self.users),
+            self.distinct_users(),
             p50,
             p95,
             p99,
@@ -166,6 +235,8 @@ class WindowAggregate:
         )
 
     def freeze(self) -> "FrozenAggregate":
+        """An immutable copy: exact users and values as tuples, sketches as bytes."""
+        users, values = self._user_set, self._value_list
         return FrozenAggregate(
             self.count,
             self.sum_micros,
@@ -173,8 +244,10 @@ class WindowAggregate:
             self.value_max,
             self.first_ms,
             self.last_ms,
-            sketches.hll_bytes(self.users),
-            sketches.kll_bytes(self.values),
+            b"" if users is not None else sketches.hll_bytes(self.users),
+            b"" if values is not None else sketches.kll_bytes(self.values),
+            tuple(users) if users is not None else None,
+            tuple(values) if values is not None else None,
         )
 
     @classmethod
@@ -186,14 +259,24 @@ class WindowAggregate:
         agg.value_max = frozen.value_max
         agg.first_ms = frozen.first_ms
         agg.last_ms = frozen.last_ms
-        agg.users = sketches.hll_from(frozen.users)
-        agg.values = sketches.kll_from(frozen.values)
+        # Copies frozen before exact sets existed hold sketches only.
+        user_set = getattr(frozen, "user_set", None)
+        value_list = getattr(frozen, "value_list", None)
+        if user_set is None:
+            agg._users, agg._user_set = sketches.hll_from(frozen.users), None
+        else:
+            agg._user_set = set(user_set)
+        if value_list is None:
+            agg._values, agg._value_list = sketches.kll_from(frozen.values), None
+        else:
+            agg._value_list = list(value_list)
         return agg
 
 
 @dataclass(frozen=True, slots=True)
 class FrozenAggregate:
-    """Immutable, picklable copy of a `WindowAggregate` (for Bytewax snapshots)."""
+    """Immutable, picklable copy of a `WindowAggregate` (for Bytewax snapshots): users
+    and values either exact (`user_set`, `value_list`) or as sketch bytes."""
 
     count: int
     sum_micros: int
@@ -201,8 +284,10 @@ class FrozenAggregate:
     value_max: float
     first_ms: int
     last_ms: int
-    users: bytes
-    values: bytes
+    users: bytes  # serialized HLL (empty while the users are exact)
+    values: bytes  # serialized KLL (empty while the values are exact)
+    user_set: tuple[str, ...] | None = None
+    value_list: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

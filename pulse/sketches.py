@@ -7,6 +7,7 @@ Apache DataSketches, with parameters chosen for the stated error bounds:
 Sketches cross process boundaries (Bytewax snapshots, the database) only as bytes.
 """
 
+import math
 from collections.abc import Iterable, Sequence
 
 import datasketches as ds
@@ -59,6 +60,18 @@ def quantiles(sketch: ds.kll_doubles_sketch) -> tuple[float, float, float] | Non
         return None
     p50, p95, p99 = sketch.get_quantiles(list(QUANTILES))
     return float(p50), float(p95), float(p99)
+
+
+def exact_quantiles(values: Sequence[float]) -> tuple[float, float, float] | None:
+    """(p50, p95, p99) of a few values, as a KLL sketch holding them answers: the value at
+    sorted position floor(q * n). KLL keeps every value until it holds `KLL_K`, so the
+    two agree exactly below that (tests check it for every n up to `KLL_K`)."""
+    n = len(values)
+    if not n:
+        return None
+    ordered = sorted(values)
+    p50, p95, p99 = (ordered[min(n - 1, math.floor(q * n))] for q in QUANTILES)
+    return p50, p95, p99
 
 
 def percentiles(sketch: ds.kll_doubles_sketch) -> tuple[float | None, float | None, float | None]:
