@@ -193,6 +193,26 @@ class WindowAggregate:
             self._value_list = None
         return self._values
 
+    def _users_bytes(self) -> bytes:
+        """The users as a serialized sketch; exact users stay exact (rollups merge them)."""
+        if self._user_set is None:
+            return sketches.hll_bytes(self.users)
+        return sketches.hll_bytes(self._hll_of(self._user_set))
+
+    def _values_bytes(self) -> bytes:
+        """The values as a serialized sketch; exact values stay exact."""
+        if self._value_list is None:
+            return sketches.kll_bytes(self.values)
+        return sketches.kll_bytes(self._kll_of(self._value_list))
+
+    def exact_users(self) -> set[str] | None:
+        """The users while exact (do not mutate); None once a sketch holds them."""
+        return self._user_set
+
+    def exact_values(self) -> list[float] | None:
+        """The values while exact (do not mutate); None once a sketch holds them."""
+        return self._value_list
+
     def distinct_users(self) -> int:
         users = self._user_set
         return len(users) if users is not None else sketches.distinct(self.users)
@@ -230,8 +250,8 @@ class WindowAggregate:
             self.first_ms if self.count else None,
             self.last_ms if self.count else None,
             closed,
-            sketches.hll_bytes(self.users) if closed else None,
-            sketches.kll_bytes(self.values) if closed else None,
+            self._users_bytes() if closed else None,
+            self._values_bytes() if closed else None,
         )
 
     def freeze(self) -> "FrozenAggregate":

@@ -12,7 +12,7 @@ from enum import StrEnum
 import datasketches as ds
 
 from pulse import sketches
-from pulse.aggregation import ClosedWindow
+from pulse.aggregation import ClosedWindow, WindowAggregate
 from pulse.corrections import Correction
 from pulse.windows import DAY_MS
 
@@ -47,21 +47,127 @@ class RollupRow:
 
 
 class _Accumulator:
-    """Merged sketches of the closed windows of one hour or day so far."""
+    """Merged users and values of the closed windows of one hour or day so far: exact (a
+    set, a list) while few, as `WindowAggregate` keeps them, then sketches. Most hours of
+    a high-cardinality stream merge a few events, and a KLL sketch alone takes 3.5 KB."""
 
-    __slots__ = ("count", "users", "values")
+    __slots__ = ("_union", "_user_set", "_value_list", "_values", "count")
 
     def __init__(self) -> None:
         self.count = 0
-        self.users = ds.hll_union(sketches.HLL_LG_K)
-        self.values = sketches.new_kll()
+        self._user_set: set[str] | None = set()  # None once `_union` holds the users
+        self._union: ds.hll_union | None = None
+        self._value_list: list[float] | None = []  # None once `_values` holds the values
+        self._values: ds.kll_doubles_sketch | None = None
+
+    def add_window(self, agg: WindowAggregate) -> None:
+        self.count += agg.count
+        users, values = agg.exact_users(), agg.exact_values()
+        if users is not None and self._user_set is not None:
+            self._user_set |= users
+            if len(self._user_set) > WindowAggregate.SMALL:
+                self._sketched_users()
+        else:
+            self._sketched_users().update(agg.users)
+        if values is not None and self._value_list is not None:
+            self._value_list += values
+            if len(self._value_list) > WindowAggregate.SMALL:
+                self._sketched_values()
+        else:
+            self._sketched_values().merge(agg.values)
+
+    def add_sketches(self, count: int, users: ds.hll_sketch, values: ds.kll_doubles_sketch) -> None:
+        self.count += count
+        self._sketched_users().update(users)
+        self._sketched_values().merge(values)
+
+    def _sketched_users(self) -> ds.hll_union:
+        if self._union is None:
+            self._union = ds.hll_union(sketches.HLL_LG_K)
+            if self._user_set:
+                single = sketches.new_hll()
+                sketches.add_users(single, self._user_set)
+                self._union.update(single)
+            self._user_set = None
+        return self._union
+
+    def _sketched_values(self) -> ds.kll_doubles_sketch:
+        if self._values is None:
+            self._values = sketches.new_kll()
+            sketches.add_values(self._values, self._value_list or [])
+            self._value_list = None
+        return self._values
+
+    def users_sketch(self) -> ds.hll_sketch:
+        """The merged users as one sketch (the accumulator stays as it is)."""
+        if self._union is not None:
+            return self._union.get_result(sketches.HLL_TYPE)
+        single = sketches.new_hll()
+        sketches.add_users(single, self._user_set or ())
+        return single
+
+    def values_sketch(self) -> ds.kll_doubles_sketch:
+        """The merged values as one sketch (the accumulator stays as it is)."""
+        if self._values is not None:
+            return self._values
+        single = sketches.new_kll()
+        sketches.add_values(single, self._value_list or [])
+        return single
+
+    def estimates(self) -> tuple[int, float | None, float | None, float | None]:
+        """(distinct users, p50, p95, p99): exact while the sets are."""
+        if self._user_set is not None:
+            distinct = len(self._user_set)
+        else:
+            distinct = sketches.distinct(self.users_sketch())
+        if self._value_list is not None:
+            q = sketches.exact_quantiles(self._value_list)
+            p50, p95, p99 = q if q is not None else (None, None, None)
+        else:
+            p50, p95, p99 = sketches.percentiles(self.values_sketch())
+        return distinct, p50, p95, p99
+
+    def frozen(self) -> tuple[bytes | tuple[str, ...], bytes | tuple[float, ...]]:
+        """Users and values for a snapshot: exact as tuples, sketches as bytes."""
+        users: bytes | tuple[str, ...] = (
+            tuple(self._user_set)
+            if self._user_set is not None
+            else sketches.hll_bytes(self.users_sketch())
+        )
+        values: bytes | tuple[float, ...] = (
+            tuple(self._value_list)
+            if self._value_list is not None
+            else sketches.kll_bytes(self.values_sketch())
+        )
+        return users, values
+
+    @classmethod
+    def thawed(
+        cls, count: int, users: bytes | tuple[str, ...], values: bytes | tuple[float, ...]
+    ) -> "_Accumulator":
+        acc = cls()
+        acc.count = count
+        if isinstance(users, bytes):
+            acc._sketched_users().update(sketches.hll_from(users))
+        else:
+            acc._user_set = set(users)
+        if isinstance(values, bytes):
+            acc._values, acc._value_list = sketches.kll_from(values), None
+        else:
+            acc._value_list = list(values)
+        return acc
 
 
 @dataclass(frozen=True, slots=True)
 class RollupSnapshot:
     """Immutable, picklable copy of `Rollups` (sketches as bytes)."""
 
-    entries: tuple[tuple[str, Resolution, str, int, int, bytes, bytes], ...]
+    # (campaign, resolution, event type, bucket start, count, users, values): users and
+    # values exact (tuples) or as sketch bytes.
+    entries: tuple[
+        tuple[str, Resolution, str, int, int, bytes | tuple[str, ...], bytes | tuple[float, ...]],
+        ...,
+    ]
 
 
 class Rollups:
@@ -95,9 +201,7 @@ class Rollups:
                 acc = per_campaign.get(key)
                 if acc is None:
                     acc = per_campaign[key] = _Accumulator()
-                acc.count += window.agg.count
-                acc.users.update(window.agg.users)
-                acc.values.merge(window.agg.values)
+                acc.add_window(window.agg)
                 self._dirty[(window.campaign_id, *key)] = None
 
     def merge_late(self, resolution: Resolution, bucket_start_ms: int, late: Correction) -> None:
@@ -108,9 +212,9 @@ class Rollups:
         acc = per_campaign.get(key)
         if acc is None:
             acc = per_campaign[key] = _Accumulator()
-        acc.count += late.count
-        acc.users.update(sketches.hll_from(late.users_sketch))
-        acc.values.merge(sketches.kll_from(late.values_sketch))
+        acc.add_sketches(
+            late.count, sketches.hll_from(late.users_sketch), sketches.kll_from(late.values_sketch)
+        )
         self._dirty[(late.campaign_id, *key)] = None
 
     def take_rows(self) -> list[RollupRow]:
@@ -153,8 +257,7 @@ class Rollups:
                     event_type,
                     start,
                     acc.count,
-                    sketches.hll_bytes(acc.users.get_result(sketches.HLL_TYPE)),
-                    sketches.kll_bytes(acc.values),
+                    *acc.frozen(),
                 )
                 for campaign, per_campaign in self._acc.items()
                 for (res, event_type, start), acc in per_campaign.items()
@@ -165,10 +268,7 @@ class Rollups:
     def restore(cls, snapshot: RollupSnapshot) -> "Rollups":
         rollups = cls()
         for campaign, res, event_type, start, count, users, values in snapshot.entries:
-            acc = _Accumulator()
-            acc.count = count
-            acc.users.update(sketches.hll_from(users))
-            acc.values = sketches.kll_from(values)
+            acc = _Accumulator.thawed(count, users, values)
             rollups._acc.setdefault(campaign, {})[(res, event_type, start)] = acc
             rollups._dirty[(campaign, res, event_type, start)] = None  # rows may be unwritten
         return rollups
@@ -177,18 +277,17 @@ class Rollups:
 def _row(
     resolution: Resolution, campaign_id: str, event_type: str, start: int, acc: _Accumulator
 ) -> RollupRow:
-    users = acc.users.get_result(sketches.HLL_TYPE)
-    p50, p95, p99 = sketches.percentiles(acc.values)
+    distinct, p50, p95, p99 = acc.estimates()
     return RollupRow(
         resolution,
         campaign_id,
         event_type,
         start,
         acc.count,
-        sketches.distinct(users),
+        distinct,
         p50,
         p95,
         p99,
-        sketches.hll_bytes(users),
-        sketches.kll_bytes(acc.values),
+        sketches.hll_bytes(acc.users_sketch()),
+        sketches.kll_bytes(acc.values_sketch()),
     )

@@ -1,0 +1,87 @@
+"""Rollup accumulators: exact while few, sketches beyond; the rows agree with a reference."""
+
+import random
+
+from pulse import sketches
+from pulse.aggregation import ClosedWindow, Partial, WindowAggregate
+from pulse.rollups import HOUR_MS, Resolution, RollupRow, Rollups
+
+T0 = 1_764_000_000_000 - 1_764_000_000_000 % 86_400_000  # a day's start
+MINUTE = 60_000
+
+
+def window(
+    rng: random.Random, minute: int, events: int, *, sketched: bool
+) -> tuple[ClosedWindow, set[str], list[float]]:
+    """A closed window of `events` events, with its users and values as a reference."""
+    agg = WindowAggregate()
+    if sketched:
+        assert agg.users is not None and agg.values is not None  # sketches from the start
+    start = T0 + minute * MINUTE
+    batch = [
+        (start + k, rng.randrange(400) / 8, rng.choice(["", f"user-{rng.randrange(50)}"]), k, b"")
+        for k in range(events)
+    ]
+    agg.merge(Partial.of(batch))
+    users = {user for _, _, user, _, _ in batch if user}
+    return ClosedWindow("c", "click", start, start + MINUTE, agg), users, [e[1] for e in batch]
+
+
+def rows(rollups: Rollups) -> dict[Resolution, RollupRow]:
+    return {r.resolution: r for r in rollups.take_rows()}
+
+
+def test_rows_match_the_reference_exact_or_sketched_across_promotion() -> None:
+    for sizes in ([1], [2, 3], [5] * 8, [30, 40], [120, 1, 200]):
+        rng = random.Random(len(sizes))
+        made = [window(rng, m, n, sketched=False) for m, n in enumerate(sizes)]
+        rng = random.Random(len(sizes))
+        sketch_windows = [window(rng, m, n, sketched=True)[0] for m, n in enumerate(sizes)]
+        exact, sketched = Rollups(), Rollups()
+        exact.add([w for w, _, _ in made])
+        sketched.add(sketch_windows)
+        got, want = rows(exact), rows(sketched)
+        users = set().union(*(u for _, u, _ in made))
+        values = [v for _, _, vs in made for v in vs]
+        for resolution in Resolution:
+            g, w = got[resolution], want[resolution]
+            assert (g.event_count, g.unique_users, g.value_p50, g.value_p95, g.value_p99) == (
+                w.event_count,
+                w.unique_users,
+                w.value_p50,
+                w.value_p95,
+                w.value_p99,
+            )
+            assert g.event_count == sum(sizes)
+            assert g.unique_users == len(users)
+            if len(values) <= sketches.KLL_K:  # a KLL sketch is exact here too
+                assert (g.value_p50, g.value_p95, g.value_p99) == sketches.exact_quantiles(values)
+            assert sketches.distinct(sketches.hll_from(g.users_sketch)) == len(users)
+            assert sketches.quantiles(sketches.kll_from(g.values_sketch)) == (
+                g.value_p50,
+                g.value_p95,
+                g.value_p99,
+            )
+
+
+def test_snapshots_keep_exact_and_sketched_accumulators() -> None:
+    rng = random.Random(9)
+    rollups = Rollups()
+    rollups.add([window(rng, 0, 3, sketched=False)[0]])  # exact
+    rollups.add([window(rng, 61, 200, sketched=False)[0]])  # the next hour, past SMALL
+    want = sorted(rollups.take_rows(), key=lambda r: (r.resolution, r.bucket_start_ms))
+    snapshot = rollups.snapshot()
+    kinds = {type(entry[5]) for entry in snapshot.entries}
+    assert kinds == {tuple, bytes}
+    restored = Rollups.restore(snapshot)
+    got = sorted(restored.take_rows(), key=lambda r: (r.resolution, r.bucket_start_ms))
+    key = [
+        (r.resolution, r.bucket_start_ms, r.event_count, r.unique_users, r.value_p99) for r in got
+    ]
+    assert key == [
+        (r.resolution, r.bucket_start_ms, r.event_count, r.unique_users, r.value_p99) for r in want
+    ]
+    assert {r.bucket_start_ms for r in got if r.resolution is Resolution.HOUR} == {
+        T0,
+        T0 + HOUR_MS,
+    }
