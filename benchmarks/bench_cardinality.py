@@ -16,18 +16,12 @@ comes from the fit's intercept).
 import argparse
 import asyncio
 import random
-import resource
-import tempfile
-import threading
 import time
-from pathlib import Path
-
-import psycopg
 
 from ingest.producer import KafkaEventProducer
 from protos.analytics.v1 import analytics_pb2 as pb
 
-from .common import free_port, fresh_database, fresh_topics, pulse_process, stack
+from .common import fresh_topics, run_flow, stack
 
 PARTITIONS = 4
 USERS = 100_000
@@ -59,69 +53,6 @@ async def fill(bootstrap: str, topic: str, n: int, keys: int) -> None:
         producer.close()
 
 
-class PeakRss:
-    """Polls a process's peak resident memory (VmHWM) until it exits."""
-
-    def __init__(self, pid: int) -> None:
-        self._status = Path(f"/proc/{pid}/status")
-        self.peak_kb = 0
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        while True:
-            try:
-                text = self._status.read_text()
-            except OSError:
-                return  # the process is gone
-            for line in text.splitlines():
-                if line.startswith("VmHWM:"):
-                    self.peak_kb = max(self.peak_kb, int(line.split()[1]))
-            time.sleep(0.1)
-
-    def join(self) -> None:
-        self._thread.join(timeout=5)
-
-
-def run_flow(
-    bootstrap: str, admin_dsn: str, topics: dict[str, str], expect: int
-) -> tuple[float, float, int, int]:
-    """(wall seconds, CPU seconds, peak RSS in bytes, rows written) of one run."""
-    with fresh_database(admin_dsn) as dsn, tempfile.TemporaryDirectory() as tmp:
-        env = {
-            "PULSE_KAFKA_BOOTSTRAP": bootstrap,
-            "PULSE_PG_DSN": dsn,
-            "PULSE_TOPIC_RAW": topics["raw"],
-            "PULSE_TOPIC_LATE": topics["late"],
-            "PULSE_TOPIC_DLQ": topics["dlq"],
-            "PULSE_TOPIC_NOTIFICATIONS": topics["notifications"],
-            "PULSE_TAIL": "false",
-            "PULSE_API_PORT": str(free_port()),
-        }
-        started = time.perf_counter()
-        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        with pulse_process("flow", env, Path(tmp)) as proc:
-            peak = PeakRss(proc.pid)
-            code = proc.wait(timeout=7200)
-            peak.join()
-        elapsed = time.perf_counter() - started
-        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (
-            cpu_before.ru_utime + cpu_before.ru_stime
-        )
-        if code != 0:
-            log = (Path(tmp) / "flow.log").read_text()[-4000:]
-            raise SystemExit(f"pulse flow exited with {code}: {log}")
-        with psycopg.connect(dsn) as conn:
-            row = conn.execute(
-                "SELECT coalesce(sum(event_count), 0), count(*) FROM event_metrics"
-            ).fetchone()
-        counted, rows = (int(row[0]), int(row[1])) if row else (0, 0)
-        if counted != expect:
-            raise SystemExit(f"counted {counted} events, expected {expect}")
-        return elapsed, cpu, peak.peak_kb * 1024, rows
-
-
 def fit(points: list[tuple[int, float]], events: int) -> tuple[float, float]:
     """Least squares `seconds = c + b * key_windows`; returns (a = c / events, b)."""
     n = len(points)
@@ -143,7 +74,8 @@ def main() -> None:
     sweep = [int(k) for k in args.keys.split(",")]
     bootstrap, admin_dsn = stack()
     empty = fresh_topics(bootstrap, PARTITIONS)
-    idle, idle_cpu, idle_rss, _ = run_flow(bootstrap, admin_dsn, empty, 0)
+    empty_run = run_flow(bootstrap, admin_dsn, empty, 0)
+    idle, idle_cpu, idle_rss = empty_run.wall_s, empty_run.cpu_s, empty_run.peak_rss
     print(f"empty topic: {idle:.2f} s (start-up and shutdown), peak RSS {idle_rss / 2**20:.0f} MB")
     print(
         f"{'keys':>10}{'key-windows':>13}{'seconds':>9}{'events/s':>11}"
@@ -155,7 +87,8 @@ def main() -> None:
         topics = fresh_topics(bootstrap, PARTITIONS)
         asyncio.run(fill(bootstrap, topics["raw"], n, keys))
         time.sleep(3.0)  # let the broker settle after the fill
-        wall, cpu, rss, rows = run_flow(bootstrap, admin_dsn, topics, n)
+        run = run_flow(bootstrap, admin_dsn, topics, n)
+        wall, cpu, rss, rows = run.wall_s, run.cpu_s, run.peak_rss, run.rows
         seconds = wall - idle
         if seconds < 1.0:
             raise SystemExit(f"{keys} keys: {seconds:.2f} s is too short to measure; add events")

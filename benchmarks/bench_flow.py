@@ -19,19 +19,15 @@ cores the machine's speed drifts between rounds, and a pair shares its drift.
 
 import argparse
 import asyncio
-import resource
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-import psycopg
 from confluent_kafka import Producer
 
 from ingest.producer import KafkaEventProducer
 from protos.analytics.v1 import analytics_pb2 as pb
 
-from .common import free_port, fresh_database, fresh_topics, pulse_process, stack, synthetic_events
+from .common import fresh_topics, run_flow, stack, synthetic_events
 
 CAMPAIGNS = 100
 PARTITIONS = 4
@@ -68,47 +64,6 @@ def heartbeats(bootstrap: str, topic: str) -> None:
         raise SystemExit("heartbeats were not acknowledged")
 
 
-def run_flow(
-    bootstrap: str,
-    admin_dsn: str,
-    topics: dict[str, str],
-    expect: int,
-    extra_env: dict[str, str] | None = None,
-) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the flow process) of one run."""
-    with fresh_database(admin_dsn) as dsn, tempfile.TemporaryDirectory() as tmp:
-        env = {
-            "PULSE_KAFKA_BOOTSTRAP": bootstrap,
-            "PULSE_PG_DSN": dsn,
-            "PULSE_TOPIC_RAW": topics["raw"],
-            "PULSE_TOPIC_LATE": topics["late"],
-            "PULSE_TOPIC_DLQ": topics["dlq"],
-            "PULSE_TOPIC_NOTIFICATIONS": topics["notifications"],
-            "PULSE_TAIL": "false",
-            "PULSE_API_PORT": str(free_port()),
-            **(extra_env or {}),
-        }
-        started = time.perf_counter()
-        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        with pulse_process("flow", env, Path(tmp)) as proc:
-            code = proc.wait(timeout=3600)
-        elapsed = time.perf_counter() - started
-        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (
-            cpu_before.ru_utime + cpu_before.ru_stime
-        )
-        if code != 0:
-            raise SystemExit(
-                f"pulse flow exited with {code}: {(Path(tmp) / 'flow.log').read_text()}"
-            )
-        with psycopg.connect(dsn) as conn:
-            row = conn.execute("SELECT coalesce(sum(event_count), 0) FROM event_metrics").fetchone()
-        counted = int(row[0]) if row else 0
-        if counted != expect:
-            raise SystemExit(f"counted {counted} events, expected {expect}")
-        return elapsed, cpu
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", "--events", type=int, default=200_000)
@@ -136,13 +91,15 @@ def main() -> None:
     paired: list[tuple[float, float]] = []  # per round: dedup on / off, rate and CPU
     for round_ in range(args.rounds):
         time.sleep(SETTLE_S)
-        wall, used = run_flow(bootstrap, admin_dsn, empty, 0)
+        empty_run = run_flow(bootstrap, admin_dsn, empty, 0)
+        wall, used = empty_run.wall_s, empty_run.cpu_s
         idle, idle_cpu = min(idle, wall), min(idle_cpu, used)
         this: dict[str, tuple[float, float]] = {}
         for name in [on, off, back] if round_ % 2 == 0 else [off, on, back]:
             topics, env = runs[name]
             time.sleep(SETTLE_S)
-            wall, used = run_flow(bootstrap, admin_dsn, topics, n, env)
+            run = run_flow(bootstrap, admin_dsn, topics, n, env)
+            wall, used = run.wall_s, run.cpu_s
             best[name], cpu[name] = min(best[name], wall), min(cpu[name], used)
             this[name] = (wall, used)
         # On and off ran back to back: their ratio is steadier than ratios of bests

@@ -2,15 +2,21 @@
 
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.settings import CommonSettings, load
@@ -117,3 +123,82 @@ def pulse_process(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class PeakRss:
+    """Polls a process's peak resident memory (VmHWM) until it exits."""
+
+    def __init__(self, pid: int) -> None:
+        self._status = Path(f"/proc/{pid}/status")
+        self.peak_kb = 0
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while True:
+            try:
+                text = self._status.read_text()
+            except OSError:
+                return  # the process is gone
+            for line in text.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            time.sleep(0.1)
+
+    def join(self) -> None:
+        self._thread.join(timeout=5)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRun:
+    """One `pulse flow` run to the end of its topic."""
+
+    wall_s: float
+    cpu_s: float  # of the flow process (and its threads)
+    peak_rss: int  # bytes
+    rows: int  # written to event_metrics
+
+
+def run_flow(
+    bootstrap: str,
+    admin_dsn: str,
+    topics: dict[str, str],
+    expect: int,
+    extra_env: dict[str, str] | None = None,
+) -> FlowRun:
+    """Run `pulse flow` (not tailing) over `topics` into a fresh database; check that it
+    counted `expect` events."""
+    with fresh_database(admin_dsn) as dsn, tempfile.TemporaryDirectory() as tmp:
+        env = {
+            "PULSE_KAFKA_BOOTSTRAP": bootstrap,
+            "PULSE_PG_DSN": dsn,
+            "PULSE_TOPIC_RAW": topics["raw"],
+            "PULSE_TOPIC_LATE": topics["late"],
+            "PULSE_TOPIC_DLQ": topics["dlq"],
+            "PULSE_TOPIC_NOTIFICATIONS": topics["notifications"],
+            "PULSE_TAIL": "false",
+            "PULSE_API_PORT": str(free_port()),
+            **(extra_env or {}),
+        }
+        started = time.perf_counter()
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with pulse_process("flow", env, Path(tmp)) as proc:
+            peak = PeakRss(proc.pid)
+            code = proc.wait(timeout=7200)
+            peak.join()
+        elapsed = time.perf_counter() - started
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (
+            cpu_before.ru_utime + cpu_before.ru_stime
+        )
+        if code != 0:
+            log = (Path(tmp) / "flow.log").read_text()[-4000:]
+            raise SystemExit(f"pulse flow exited with {code}: {log}")
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT coalesce(sum(event_count), 0), count(*) FROM event_metrics"
+            ).fetchone()
+        counted, rows = (int(row[0]), int(row[1])) if row else (0, 0)
+        if counted != expect:
+            raise SystemExit(f"counted {counted} events, expected {expect}")
+        return FlowRun(elapsed, cpu, peak.peak_kb * 1024, rows)
