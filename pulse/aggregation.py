@@ -114,6 +114,7 @@ class WindowAggregate:
     """
 
     __slots__ = (
+        "_frozen",
         "_user_set",
         "_users",
         "_value_list",
@@ -139,8 +140,10 @@ class WindowAggregate:
         self._users: sketches.HllSketch | None = None
         self._value_list: list[float] | None = []  # None once a sketch holds the values
         self._values: sketches.KllSketch | None = None
+        self._frozen: FrozenAggregate | None = None  # `freeze()` since the last change
 
     def merge(self, part: Partial) -> None:
+        self._frozen = None
         self.count += part.count
         self.sum_micros += part.sum_micros
         self.value_min = min(self.value_min, part.value_min)
@@ -255,7 +258,13 @@ class WindowAggregate:
         )
 
     def freeze(self) -> "FrozenAggregate":
-        """An immutable copy: exact users and values as tuples, sketches as bytes."""
+        """An immutable copy: exact users and values as tuples, sketches as bytes. Made
+        once per change: every snapshot freezes every open window, most unchanged."""
+        if self._frozen is None:
+            self._frozen = self._make_frozen()
+        return self._frozen
+
+    def _make_frozen(self) -> "FrozenAggregate":
         users, values = self._user_set, self._value_list
         return FrozenAggregate(
             self.count,

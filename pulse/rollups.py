@@ -46,12 +46,15 @@ class RollupRow:
     values_sketch: bytes
 
 
+Frozen = tuple[bytes | tuple[str, ...], bytes | tuple[float, ...]]  # users, values
+
+
 class _Accumulator:
     """Merged users and values of the closed windows of one hour or day so far: exact (a
     set, a list) while few, as `WindowAggregate` keeps them, then sketches. Most hours of
     a high-cardinality stream merge a few events, and a KLL sketch alone takes 3.5 KB."""
 
-    __slots__ = ("_union", "_user_set", "_value_list", "_values", "count")
+    __slots__ = ("_frozen", "_union", "_user_set", "_value_list", "_values", "count")
 
     def __init__(self) -> None:
         self.count = 0
@@ -59,8 +62,10 @@ class _Accumulator:
         self._union: ds.hll_union | None = None
         self._value_list: list[float] | None = []  # None once `_values` holds the values
         self._values: ds.kll_doubles_sketch | None = None
+        self._frozen: Frozen | None = None  # `frozen()` since the last change
 
     def add_window(self, agg: WindowAggregate) -> None:
+        self._frozen = None
         self.count += agg.count
         users, values = agg.exact_users(), agg.exact_values()
         if users is not None and self._user_set is not None:
@@ -77,6 +82,7 @@ class _Accumulator:
             self._sketched_values().merge(agg.values)
 
     def add_sketches(self, count: int, users: ds.hll_sketch, values: ds.kll_doubles_sketch) -> None:
+        self._frozen = None
         self.count += count
         self._sketched_users().update(users)
         self._sketched_values().merge(values)
@@ -127,8 +133,14 @@ class _Accumulator:
             p50, p95, p99 = sketches.percentiles(self.values_sketch())
         return distinct, p50, p95, p99
 
-    def frozen(self) -> tuple[bytes | tuple[str, ...], bytes | tuple[float, ...]]:
-        """Users and values for a snapshot: exact as tuples, sketches as bytes."""
+    def frozen(self) -> "Frozen":
+        """Users and values for a snapshot: exact as tuples, sketches as bytes (made once
+        per change: every snapshot holds every accumulator, most unchanged)."""
+        if self._frozen is None:
+            self._frozen = self._make_frozen()
+        return self._frozen
+
+    def _make_frozen(self) -> "Frozen":
         users: bytes | tuple[str, ...] = (
             tuple(self._user_set)
             if self._user_set is not None

@@ -67,11 +67,15 @@ def exact_quantiles(values: Sequence[float]) -> tuple[float, float, float] | Non
     sorted position floor(q * n). KLL keeps every value until it holds `KLL_K`, so the
     two agree exactly below that (tests check it for every n up to `KLL_K`)."""
     n = len(values)
-    if not n:
-        return None
+    if n <= 1:
+        return (values[0],) * 3 if n else None
     ordered = sorted(values)
-    p50, p95, p99 = (ordered[min(n - 1, math.floor(q * n))] for q in QUANTILES)
-    return p50, p95, p99
+    last = n - 1
+    return (
+        ordered[min(last, math.floor(QUANTILES[0] * n))],
+        ordered[min(last, math.floor(QUANTILES[1] * n))],
+        ordered[min(last, math.floor(QUANTILES[2] * n))],
+    )
 
 
 def percentiles(sketch: ds.kll_doubles_sketch) -> tuple[float | None, float | None, float | None]:

@@ -85,3 +85,14 @@ def test_snapshots_keep_exact_and_sketched_accumulators() -> None:
         T0,
         T0 + HOUR_MS,
     }
+
+
+def test_a_snapshot_after_a_change_holds_the_change() -> None:
+    rng = random.Random(4)
+    rollups = Rollups()
+    rollups.add([window(rng, 0, 2, sketched=False)[0]])
+    before = {(e[1], e[4]) for e in rollups.snapshot().entries}
+    rollups.add([window(rng, 1, 3, sketched=False)[0]])
+    after = {(e[1], e[4]) for e in rollups.snapshot().entries}
+    assert before == {(Resolution.HOUR, 2), (Resolution.DAY, 2)}
+    assert after == {(Resolution.HOUR, 5), (Resolution.DAY, 5)}

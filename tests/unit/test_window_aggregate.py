@@ -97,3 +97,18 @@ def test_copies_frozen_before_exact_sets_existed_still_thaw() -> None:
     thawed = WindowAggregate.thaw(old)
     assert thawed.row("c", "click", T0, False) == agg.row("c", "click", T0, False)
     assert thawed.distinct_users() == 2
+
+
+def test_a_frozen_copy_is_made_once_per_change() -> None:
+    agg = WindowAggregate()
+    agg.merge(Partial.of([(T0, 2.5, "u1", 0, b"")]))
+    first = agg.freeze()
+    assert agg.freeze() is first  # unchanged: the same copy
+    agg.merge(Partial.of([(T0 + 1, 4.0, "u2", 1, b"")]))
+    second = agg.freeze()
+    assert second is not first
+    assert (second.count, second.value_list, set(second.user_set or ())) == (
+        2,
+        (2.5, 4.0),
+        {"u1", "u2"},
+    )
