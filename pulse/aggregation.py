@@ -157,7 +157,7 @@ class WindowAggregate:
             users.update(part.users)
             users.discard("")  # events without a user
             if len(users) > self.SMALL:
-                self._users = self._hll_of(users)
+                self._users = sketches.hll_of(users)
                 self._user_set = None
         values = self._value_list
         if values is None:
@@ -165,26 +165,14 @@ class WindowAggregate:
         else:
             values.extend(part.values)
             if len(values) > self.SMALL:
-                self._values = self._kll_of(values)
+                self._values = sketches.kll_of(values)
                 self._value_list = None
-
-    @staticmethod
-    def _hll_of(users: set[str]) -> sketches.HllSketch:
-        sketch = sketches.new_hll()
-        sketches.add_users(sketch, users)
-        return sketch
-
-    @staticmethod
-    def _kll_of(values: list[float]) -> sketches.KllSketch:
-        sketch = sketches.new_kll()
-        sketches.add_values(sketch, values)
-        return sketch
 
     @property
     def users(self) -> sketches.HllSketch:
         """The users as a sketch (made now if they were still exact; kept from then on)."""
         if self._users is None:
-            self._users = self._hll_of(self._user_set or set())
+            self._users = sketches.hll_of(self._user_set or set())
             self._user_set = None
         return self._users
 
@@ -192,7 +180,7 @@ class WindowAggregate:
     def values(self) -> sketches.KllSketch:
         """The values as a sketch (made now if they were still exact; kept from then on)."""
         if self._values is None:
-            self._values = self._kll_of(self._value_list or [])
+            self._values = sketches.kll_of(self._value_list or [])
             self._value_list = None
         return self._values
 
@@ -200,13 +188,13 @@ class WindowAggregate:
         """The users as a serialized sketch; exact users stay exact (rollups merge them)."""
         if self._user_set is None:
             return sketches.hll_bytes(self.users)
-        return sketches.hll_bytes(self._hll_of(self._user_set))
+        return sketches.hll_bytes(sketches.hll_of(self._user_set))
 
     def _values_bytes(self) -> bytes:
         """The values as a serialized sketch; exact values stay exact."""
         if self._value_list is None:
             return sketches.kll_bytes(self.values)
-        return sketches.kll_bytes(self._kll_of(self._value_list))
+        return sketches.kll_bytes(sketches.kll_of(self._value_list))
 
     def exact_users(self) -> set[str] | None:
         """The users while exact (do not mutate); None once a sketch holds them."""

@@ -81,8 +81,8 @@ class Correction:
             times=tuple(times),
             values=tuple(values),
             users=tuple(users),
-            users_sketch=sketches.hll_bytes(_users(users)),
-            values_sketch=sketches.kll_bytes(_values(values)),
+            users_sketch=sketches.hll_bytes(sketches.hll_of(users)),
+            values_sketch=sketches.kll_bytes(sketches.kll_of(values)),
         )
 
     @classmethod
@@ -138,8 +138,8 @@ class Correction:
             times=tuple(self.times[i] for i in keep),
             values=tuple(values),
             users=tuple(users),
-            users_sketch=sketches.hll_bytes(_users(users)),
-            values_sketch=sketches.kll_bytes(_values(values)),
+            users_sketch=sketches.hll_bytes(sketches.hll_of(users)),
+            values_sketch=sketches.kll_bytes(sketches.kll_of(values)),
             sink_rollups=self.sink_rollups,
         )
 
@@ -174,18 +174,6 @@ def by_row(
                     key = (resolution, c.campaign_id, c.event_type, bucket)
                     rollups.setdefault(key, []).append(part)
     return windows, rollups
-
-
-def _users(users: Sequence[str]) -> sketches.HllSketch:
-    sketch = sketches.new_hll()
-    sketches.add_users(sketch, users)
-    return sketch
-
-
-def _values(values: Sequence[float]) -> sketches.KllSketch:
-    sketch = sketches.new_kll()
-    sketches.add_values(sketch, values)
-    return sketch
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,16 +91,13 @@ class _Accumulator:
         if self._union is None:
             self._union = ds.hll_union(sketches.HLL_LG_K)
             if self._user_set:
-                single = sketches.new_hll()
-                sketches.add_users(single, self._user_set)
-                self._union.update(single)
+                self._union.update(sketches.hll_of(self._user_set))
             self._user_set = None
         return self._union
 
     def _sketched_values(self) -> ds.kll_doubles_sketch:
         if self._values is None:
-            self._values = sketches.new_kll()
-            sketches.add_values(self._values, self._value_list or [])
+            self._values = sketches.kll_of(self._value_list or [])
             self._value_list = None
         return self._values
 
@@ -108,29 +105,26 @@ class _Accumulator:
         """The merged users as one sketch (the accumulator stays as it is)."""
         if self._union is not None:
             return self._union.get_result(sketches.HLL_TYPE)
-        single = sketches.new_hll()
-        sketches.add_users(single, self._user_set or ())
-        return single
+        return sketches.hll_of(self._user_set or ())
 
     def values_sketch(self) -> ds.kll_doubles_sketch:
         """The merged values as one sketch (the accumulator stays as it is)."""
         if self._values is not None:
             return self._values
-        single = sketches.new_kll()
-        sketches.add_values(single, self._value_list or [])
-        return single
+        return sketches.kll_of(self._value_list or [])
 
-    def estimates(self) -> tuple[int, float | None, float | None, float | None]:
-        """(distinct users, p50, p95, p99): exact while the sets are."""
-        if self._user_set is not None:
-            distinct = len(self._user_set)
-        else:
-            distinct = sketches.distinct(self.users_sketch())
+    def estimates(
+        self, users: ds.hll_sketch, values: ds.kll_doubles_sketch
+    ) -> tuple[int, float | None, float | None, float | None]:
+        """(distinct users, p50, p95, p99): exact while the sets are, else from `users`
+        and `values` (`users_sketch()` and `values_sketch()`, made once by the caller)."""
+        exact = self._user_set
+        distinct = len(exact) if exact is not None else sketches.distinct(users)
         if self._value_list is not None:
             q = sketches.exact_quantiles(self._value_list)
             p50, p95, p99 = q if q is not None else (None, None, None)
         else:
-            p50, p95, p99 = sketches.percentiles(self.values_sketch())
+            p50, p95, p99 = sketches.percentiles(values)
         return distinct, p50, p95, p99
 
     def frozen(self) -> "Frozen":
@@ -289,7 +283,8 @@ class Rollups:
 def _row(
     resolution: Resolution, campaign_id: str, event_type: str, start: int, acc: _Accumulator
 ) -> RollupRow:
-    distinct, p50, p95, p99 = acc.estimates()
+    users, values = acc.users_sketch(), acc.values_sketch()
+    distinct, p50, p95, p99 = acc.estimates(users, values)
     return RollupRow(
         resolution,
         campaign_id,
@@ -300,6 +295,6 @@ def _row(
         p50,
         p95,
         p99,
-        sketches.hll_bytes(acc.users_sketch()),
-        sketches.kll_bytes(acc.values_sketch()),
+        sketches.hll_bytes(users),
+        sketches.kll_bytes(values),
     )

@@ -34,6 +34,20 @@ def new_kll() -> ds.kll_doubles_sketch:
     return ds.kll_doubles_sketch(KLL_K)
 
 
+def hll_of(users: Iterable[str]) -> ds.hll_sketch:
+    """A new HLL sketch of these users."""
+    sketch = new_hll()
+    add_users(sketch, users)
+    return sketch
+
+
+def kll_of(values: Sequence[float]) -> ds.kll_doubles_sketch:
+    """A new KLL sketch of these values."""
+    sketch = new_kll()
+    add_values(sketch, values)
+    return sketch
+
+
 def add_users(sketch: ds.hll_sketch, users: Iterable[str]) -> None:
     """Add user ids; empty ids (events without a user) are not users and are skipped."""
     update = sketch.update
