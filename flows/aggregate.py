@@ -37,8 +37,9 @@ from pulse.alerts.engine import AlertEngine
 from pulse.alerts.model import AlertEvent
 from pulse.alerts.rules import Rule
 from pulse.corrections import CorrectionBatch
+from pulse.dimensions import GroupBy
 from pulse.preagg import NO_TIME, RecordBatch
-from pulse.windowing import PartitionSnapshot, PartitionWindows
+from pulse.windowing import NO_GROUPS, PartitionSnapshot, PartitionWindows, corrected_events
 from pulse.windows import TumblingWindows
 from sinks import otel
 from sinks.kafka_outputs import SideRecord
@@ -62,6 +63,7 @@ class FlowConfig:
     refresh_ms: float = 0  # rows of open windows and rollups at most this often (0: always)
     correction_ms: int = 0  # late events of windows closed this recently correct them
     dedup_s: int = 0  # retries of an event id seen this recently are dropped (0: no dedup)
+    group_by: GroupBy = NO_GROUPS  # dimension sets aggregated beside campaigns
 
 
 class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem, PartitionSnapshot]):
@@ -88,6 +90,7 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem, PartitionSnapsh
                 refresh_ms=config.refresh_ms,
                 correction_ms=config.correction_ms,
                 dedup_s=config.dedup_s,
+                group_by=config.group_by,
             )
             # The counter goes on from the count at the snapshot; the replay adds the rest.
             metrics.DUPLICATES.labels(str(self._state.partition)).inc(self._state.duplicates)
@@ -112,6 +115,7 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem, PartitionSnapsh
                 refresh_ms=config.refresh_ms,
                 correction_ms=config.correction_ms,
                 dedup_s=config.dedup_s,
+                group_by=config.group_by,
             )
         out: list[StoreItem] = []
         span = None if self._tracer is None else self._start_span(self._tracer, values)
@@ -131,6 +135,8 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem, PartitionSnapsh
             metrics.LATE_EVENTS.inc(len(step.late))
             duplicates.inc(step.duplicates)
             metrics.WINDOWS_CLOSED.inc(step.closed)
+            for dimension, count in step.overflow.items():
+                metrics.DIMENSION_OVERFLOW.labels(dimension).inc(count)
             for alert in step.alerts:
                 metrics.ALERTS.labels(alert.rule, alert.state.value).inc()
         watermark_ms = self._state.max_watermark_ms
@@ -166,7 +172,7 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem, PartitionSnapsh
         corrections = self._state.take_corrections()
         if corrections:
             rows.append(CorrectionBatch(tuple(corrections)))
-            metrics.CORRECTED_EVENTS.inc(sum(c.count for c in corrections))
+            metrics.CORRECTED_EVENTS.inc(corrected_events(corrections))
         return rows, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> PartitionSnapshot:
@@ -203,7 +209,12 @@ def build_flow(
     the window step records spans (see the module doc); give the store sink the same one.
     """
     TumblingWindows(config.window_ms)  # validates the length before anything runs
-    decoder = Decoder(config.dlq_topic, trace=tracer is not None, dedup=config.dedup_s > 0)
+    decoder = Decoder(
+        config.dlq_topic,
+        trace=tracer is not None,
+        dedup=config.dedup_s > 0,
+        dimensions=config.group_by.names,
+    )
     flow = Dataflow(flow_id)
     records = op.input("kafka_in", flow, source)
     decoded = op.flat_map_batch("decode", records, decoder)

@@ -61,6 +61,7 @@ def flow_from_settings(s: FlowSettings, tracer: Tracer | None = None) -> Dataflo
         refresh_ms=s.refresh_interval_seconds * 1000,
         correction_ms=s.correction_horizon_ms,
         dedup_s=s.dedup_horizon_seconds,
+        group_by=s.dimension_sets,
     )
 
     def written(table: str, rows: int) -> None:

@@ -3,7 +3,8 @@
 Bytewax's API (`PULSE_API_PORT`) serves prometheus_client's default registry, so these
 appear on its /metrics next to Bytewax's own metrics and `bytewax_kafka_consumer_lag`
 (per partition, from librdkafka's statistics in `flows/kafka_source.py`). Labels are
-low-cardinality: Kafka partitions, tables, sinks, alert rules; never campaign ids.
+low-cardinality: Kafka partitions, tables, sinks, alert rules, configured dimension
+names; never campaign ids or dimension values.
 """
 
 import time
@@ -30,6 +31,12 @@ DUPLICATES = Counter(
 DEAD_LETTERS = Counter("pulse_flow_dead_letters_total", "Records sent to the dead-letter topic")
 CONSUMER_ERRORS = Counter("pulse_flow_consumer_errors_total", "Kafka consumer errors (not records)")
 WINDOWS_CLOSED = Counter("pulse_flow_windows_closed_total", "Windows the watermark passed")
+DIMENSION_OVERFLOW = Counter(
+    "pulse_flow_dimension_overflow_total",
+    "Slice values counted under __other__: past the distinct values limit of their "
+    "dimension, or too long, or holding control characters",
+    ["dimension"],
+)
 ALERTS = Counter("pulse_flow_alerts_total", "Alert transitions emitted", ["rule", "state"])
 ROWS_WRITTEN = Counter(
     "pulse_flow_sink_rows_written_total", "Rows written to TimescaleDB", ["table"]

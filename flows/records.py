@@ -112,6 +112,7 @@ class Decoder:
     limits: Limits = DEFAULT_LIMITS
     trace: bool = False  # collect the records' `traceparent` headers into the batches
     dedup: bool = True  # hash each event's ids for dedup
+    dimensions: tuple[str, ...] = ()  # the sliced dimensions whose values records carry
 
     # One tight loop per batch: a helper per event would cost a call per event, and the
     # current partition's lists are bound to locals (records arrive in runs of one
@@ -122,6 +123,7 @@ class Decoder:
         parse = pb.RawEvent.FromString
         limits = self.limits
         dedup = self.dedup
+        names = self.dimensions
         part, cur = -1, _Pending()  # the partition being read (none yet)
         add_record, add_digest = cur.records.append, cur.digests.extend
         last = cur.last_log_ms
@@ -163,8 +165,10 @@ class Decoder:
             if problem is not None:
                 dead.append(_dead(msg, f"invalid event: {problem[1]}", self.dlq_topic))
                 continue
-            user = event.dimensions.get(USER_DIMENSION, "")
-            add_record((campaign_id, event_type, ts, value, user, msg.offset() or 0, raw))
+            dims = event.dimensions
+            user = dims.get(USER_DIMENSION, "")
+            values = tuple([dims.get(name, "") for name in names]) if names else ()
+            add_record((campaign_id, event_type, ts, value, user, msg.offset() or 0, raw, values))
             if ts > last:  # noqa: PLR1730 (no call to max() per event)
                 last = ts
             if dedup:

@@ -11,16 +11,21 @@ end is at or before the watermark at the event's position in the partition:
                     latest heartbeat time in its partition so far - idle timeout)
 
 "So far" is made of two parts: what the state saw in earlier batches (`S`) and what
-this batch showed before the event (`B`), and `end <= max(S, B)` holds exactly when
-`end <= B` or `end <= S`. This pass decides the `B` part event by event, in offset
-order. `S` is the same for all events of a window (they share its end), so the state
-decides it per partial: a whole partial is late or none of it is.
+this batch showed before the event (`B`). Given the state's highest event times and
+heartbeat (`known`, `heartbeat_ms`), this pass starts from them and decides every event
+against `max(S, B)`, in offset order, so its decisions are final. Without them it
+decides the `B` part only; `end <= max(S, B)` holds exactly when `end <= B` or
+`end <= S`, and `S` is the same for all events of a window (they share its end), so the
+state then decides its part per partial: a whole partial is late or none of it is.
+Dimension slices need the final decisions here: an event routed aside must not take
+one of its day's distinct values (`pulse.dimensions`).
 
 A late event whose window ended within the correction horizon before the watermark
 (`end > watermark - correction`) still counts: it joins a correction partial of its
 window, which the state folds into the stored row. Older ones are routed aside.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -28,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pulse.aggregation import EventTuple, LateEvent, Partial
+from pulse.dimensions import Slicer
 
 NO_TIME = -(2**63)  # "no watermark yet": below every event time
 
@@ -57,9 +63,10 @@ class PartitionChunk:
         return len(self.late) + sum(p.count for p in parts)
 
 
-# One input record: (campaign_id, event_type, event time, value, user, offset, raw bytes).
+# One input record: (campaign_id, event_type, event time, value, user, offset, raw bytes,
+# values of the sliced dimensions, in `GroupBy.names` order; empty when nothing is sliced).
 # A heartbeat is a record with an empty campaign id and its wall time as the event time.
-Record = tuple[str, str, int, float, str, int, bytes]
+Record = tuple[str, str, int, float, str, int, bytes, tuple[str, ...]]
 
 
 @dataclass(slots=True)
@@ -97,7 +104,30 @@ class RecordBatch:
 
 
 def heartbeat_record(wall_ms: int, offset: int) -> Record:
-    return ("", "", wall_ms, 0.0, "", offset, b"")
+    return ("", "", wall_ms, 0.0, "", offset, b"", ())
+
+
+def _append(lists: dict[WindowKey, list[EventTuple]], key: WindowKey, event: EventTuple) -> None:
+    found = lists.get(key)
+    if found is None:
+        lists[key] = [event]
+    else:
+        found.append(event)
+
+
+def _slices(
+    slicer: Slicer,
+    lists: dict[WindowKey, list[EventTuple]],
+    key: WindowKey,
+    event: EventTuple,
+    dims: tuple[str, ...],
+) -> list[WindowKey]:
+    """Add the event to the partials of its slices (keyed as its campaign's `key`)."""
+    campaign_id, event_type, start = key
+    keys = [(campaign_id, s, start) for s in slicer.series(event_type, event[0], dims)]
+    for k in keys:
+        _append(lists, k, event)
+    return keys
 
 
 def preaggregate(
@@ -108,49 +138,57 @@ def preaggregate(
     idle_ms: int,
     *,
     correction_ms: int = 0,
+    slicer: Slicer | None = None,
+    known: Mapping[str, int] | None = None,
+    heartbeat_ms: int = NO_TIME,
 ) -> PartitionChunk:
     """Fold one partition's records (in offset order) into partials and late events.
 
     `correction_ms` is the correction horizon (0: every late event is routed aside).
+    With a `slicer`, each event that is not routed aside also joins a partial of each of
+    its slices (`pulse.dimensions`), in the same role as its campaign's partial.
     """
-    seen: dict[str, int] = {}  # highest event time per campaign in this batch
+    seen: dict[str, int] = {}  # highest event time per campaign so far
+    known = known or {}
     windows: dict[WindowKey, list[EventTuple]] = {}
     corrections: dict[WindowKey, list[EventTuple]] = {}
     marks: dict[WindowKey, list[int]] = {}  # each correction event's in-batch watermark
     late: list[LateEvent] = []
-    heartbeat = heartbeat_wm = NO_TIME
-    for campaign_id, event_type, ts, value, user, offset, raw in records:
+    heartbeat = heartbeat_ms
+    heartbeat_wm = NO_TIME if heartbeat == NO_TIME else heartbeat - idle_ms
+    for campaign_id, event_type, ts, value, user, offset, raw, dims in records:
         if not campaign_id:
             if ts > heartbeat:
                 heartbeat, heartbeat_wm = ts, ts - idle_ms
             continue
         start = ts - ts % window_ms
-        watermark = heartbeat_wm
         prev = seen.get(campaign_id)
-        if prev is None:
+        if prev is None:  # an event never makes itself late: its own time may seed
+            prev = seen[campaign_id] = known.get(campaign_id, ts)
+        watermark = max(heartbeat_wm, prev - lateness_ms)
+        if ts > prev:  # every valid event counts as seen, late or not
             seen[campaign_id] = ts
-        else:
-            watermark = max(watermark, prev - lateness_ms)
-            if ts > prev:  # every valid event counts as seen, late or not
-                seen[campaign_id] = ts
         key = (campaign_id, event_type, start)
         if start + window_ms <= watermark:
             if start + window_ms <= watermark - correction_ms:
                 late.append(
                     LateEvent(campaign_id, event_type, start, partition, offset, ts, raw, watermark)
                 )
-            elif key in corrections:
-                corrections[key].append((ts, value, user, offset, raw))
-                marks[key].append(watermark)
-            else:
-                corrections[key] = [(ts, value, user, offset, raw)]
-                marks[key] = [watermark]
+                continue
+            event = (ts, value, user, offset, raw)
+            _append(corrections, key, event)
+            slices = [] if slicer is None else _slices(slicer, corrections, key, event, dims)
+            for k in (key, *slices):
+                marks.setdefault(k, []).append(watermark)
             continue
+        event = (ts, value, user, offset, raw)
         window = windows.get(key)
         if window is None:
-            windows[key] = [(ts, value, user, offset, raw)]
+            windows[key] = [event]
         else:
-            window.append((ts, value, user, offset, raw))
+            window.append(event)
+        if slicer is not None:
+            _slices(slicer, windows, key, event, dims)
     return PartitionChunk(
         partition=partition,
         partials={key: Partial.of(events) for key, events in windows.items()},

@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pulse import dimensions
 from pulse.errors import ConfigError
 from pulse.validation import Limits
 from pulse.windows import DAY_MS
@@ -153,6 +154,33 @@ class FlowSettings(CommonSettings):
         description="late events of windows that closed at most this long ago correct them; "
         "older ones go to the late topic (default: PULSE_MAX_EVENT_AGE_SECONDS; 0: none)",
     )
+
+    group_by: str = Field(
+        "",
+        description="dimension sets sliced beside each campaign, `;`-separated, each a "
+        f"`,`-separated list of dimension names, e.g. `country;country,device` (at most "
+        f"{dimensions.MAX_SETS} sets of {dimensions.MAX_SET_DIMENSIONS}; empty: none)",
+    )
+    dimension_values_per_day: int = Field(
+        dimensions.DEFAULT_MAX_VALUES,
+        ge=1,
+        le=1_000_000,
+        description="distinct values of one dimension counted under their own name per "
+        "partition and UTC day; later ones count under __other__",
+    )
+
+    @field_validator("group_by")
+    @classmethod
+    def _check_group_by(cls, value: str) -> str:
+        try:
+            dimensions.GroupBy.parse(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def dimension_sets(self) -> dimensions.GroupBy:
+        return dimensions.GroupBy.parse(self.group_by, self.dimension_values_per_day)
 
     @property
     def correction_horizon_ms(self) -> int:

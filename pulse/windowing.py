@@ -35,6 +35,7 @@ from pulse.aggregation import (
 from pulse.alerts.model import AlertEvent
 from pulse.corrections import Correction
 from pulse.dedup import IdMemory, IdMemorySnapshot
+from pulse.dimensions import GroupBy, Slicer, SlicerSnapshot, is_series
 from pulse.preagg import NO_TIME, PartitionChunk, Record, RecordBatch, WindowKey, preaggregate
 from pulse.rollups import ROLLUP_MS, RollupRow, Rollups, RollupSnapshot
 
@@ -42,6 +43,7 @@ from pulse.rollups import ROLLUP_MS, RollupRow, Rollups, RollupSnapshot
 # (None: none of them was late within the chunk, only by the state's watermark).
 _LatePart = tuple[Partial, list[int] | None]
 _NEVER = 2**63  # an offset no event reaches
+NO_GROUPS = GroupBy()
 
 
 class AlertEvaluator(Protocol):
@@ -60,14 +62,20 @@ class StepOutput:
     rollups: list[RollupRow] = field(default_factory=list)
     corrections: list[Correction] = field(default_factory=list)
     alerts: list[AlertEvent] = field(default_factory=list)
-    closed: int = 0  # windows closed
-    counted: int = 0  # events folded into open windows
+    closed: int = 0  # campaign windows closed (slices not counted)
+    counted: int = 0  # events folded into open windows (once, whatever their slices)
     duplicates: int = 0  # events dropped as retries of events seen before
+    overflow: dict[str, int] = field(default_factory=dict)  # per dimension: to `OTHER`
 
     @property
     def corrected(self) -> int:
-        """Late events folded into their closed windows."""
-        return sum(c.count for c in self.corrections)
+        """Late events folded into their closed windows (once, whatever their slices)."""
+        return corrected_events(self.corrections)
+
+
+def corrected_events(corrections: list[Correction]) -> int:
+    """The events a set of corrections folds in, each once (not again per slice)."""
+    return sum(c.count for c in corrections if not is_series(c.event_type))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +92,15 @@ class PartitionSnapshot:
     ids: IdMemorySnapshot | None = None
     duplicates: int = 0
     corrections: tuple[Correction, ...] = ()  # not yet handed to the store
+    slicer: SlicerSnapshot = ()  # admitted dimension values (`pulse.dimensions`)
 
 
 class PartitionWindows:
     """Open windows and watermarks of the campaigns of one partition.
 
     `correction_ms` is the correction horizon (0: late events are only routed aside),
-    `dedup_s` the dedup horizon in seconds (0: no dedup).
+    `dedup_s` the dedup horizon in seconds (0: no dedup), `group_by` the dimension sets
+    whose slices are aggregated beside each campaign (`pulse.dimensions`).
     """
 
     def __init__(
@@ -104,8 +114,10 @@ class PartitionWindows:
         refresh_ms: float = 0,
         correction_ms: int = 0,
         dedup_s: int = 0,
+        group_by: GroupBy = NO_GROUPS,
     ) -> None:
         self.partition = partition
+        self._slicer = Slicer(group_by) if group_by else None
         self._correction_ms = correction_ms
         self._ids = IdMemory(dedup_s) if dedup_s else None
         self._log_ms = NO_TIME  # the partition's log time: highest event or heartbeat time
@@ -163,6 +175,9 @@ class PartitionWindows:
             self._lateness_ms,
             self._idle_ms,
             correction_ms=self._correction_ms,
+            slicer=self._slicer,
+            known=self._max_event_ms,
+            heartbeat_ms=self._heartbeat_ms,
         )
         chunk.trace_parents = batch.trace_parents
         out = self.apply(chunk, now_ms)
@@ -208,10 +223,11 @@ class PartitionWindows:
         for window in closed:
             self._pending.pop((window.campaign_id, window.event_type, window.start_ms), None)
         out.rows = [w.agg.row(w.campaign_id, w.event_type, w.start_ms, closed=True) for w in closed]
-        out.closed = len(closed)
         self._rollups.add(closed)
-        if self._alerts is not None and closed:
-            out.alerts = self._alerts.on_closed(closed)
+        totals = [w for w in closed if not is_series(w.event_type)] if self._slicer else closed
+        out.closed = len(totals)
+        if self._alerts is not None and totals:
+            out.alerts = self._alerts.on_closed(totals)
         # Corrections first: accumulators they reach must take them before they expire.
         for key, parts in corrected.items():
             self._corrections.setdefault(key, []).append(self._correct(key, parts, before[key[0]]))
@@ -220,6 +236,11 @@ class PartitionWindows:
             out.rollups += self._rollups.expire(campaign, self.watermark(campaign))
         if heartbeat_moved:
             self._forget_campaigns()
+            if self._slicer is not None:  # no event of a day before this can count
+                floor = self._heartbeat_ms - self._idle_ms - self._correction_ms
+                self._slicer.forget_before(floor - self._window_ms)
+        if self._slicer is not None:
+            out.overflow = self._slicer.take_overflow()
         if now_ms - self._refreshed_at >= self._refresh_ms:
             out.rows += self.take_progress_rows()
             out.rollups += self._rollups.take_rows()
@@ -305,6 +326,8 @@ class PartitionWindows:
 
         def aside(key: WindowKey, part: Partial, mark: int) -> None:
             campaign, event_type, start = key
+            if is_series(event_type):  # the campaign's own partial routes these events
+                return
             late.extend(
                 LateEvent(campaign, event_type, start, chunk.partition, offset, ts, raw, mark)
                 for offset, ts, raw in zip(part.offsets, part.times, part.raws, strict=True)
@@ -328,7 +351,8 @@ class PartitionWindows:
             if agg is None:
                 agg = windows[(event_type, start)] = WindowAggregate()
             agg.merge(part)
-            out.counted += part.count
+            if not is_series(event_type):
+                out.counted += part.count
             touched[key] = agg
         # Late within the batch and within the horizon by the batch's own watermark; the
         # state's may still put them beyond it.
@@ -394,6 +418,7 @@ class PartitionWindows:
             ids=self._ids.snapshot() if self._ids is not None else None,
             duplicates=self.duplicates,
             corrections=tuple(c for parts in self._corrections.values() for c in parts),
+            slicer=self._slicer.snapshot() if self._slicer is not None else (),
         )
 
     @classmethod
@@ -408,6 +433,7 @@ class PartitionWindows:
         refresh_ms: float = 0,
         correction_ms: int = 0,
         dedup_s: int = 0,
+        group_by: GroupBy = NO_GROUPS,
     ) -> "PartitionWindows":
         """Rebuild a snapshot; `make_alerts` gets the alert state saved (None: start afresh)."""
         alerts = make_alerts(snapshot.alerts)
@@ -420,7 +446,10 @@ class PartitionWindows:
             refresh_ms=refresh_ms,
             correction_ms=correction_ms,
             dedup_s=dedup_s,
+            group_by=group_by,
         )
+        if group_by:
+            state._slicer = Slicer.restore(group_by, getattr(snapshot, "slicer", ()))
         # Snapshots written before dedup and corrections lack their fields: start those
         # afresh (no ids remembered, no corrections pending).
         state._log_ms = getattr(snapshot, "log_ms", NO_TIME)

@@ -25,26 +25,31 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from psycopg import sql
 
 from pulse.aggregation import LateEvent, MetricRow
 from pulse.alerts.model import AlertEvent
 from pulse.corrections import CorrectionBatch
+from pulse.dimensions import is_series
 from pulse.errors import SinkError
 from pulse.rollups import RollupRow
 from pulse.timeutil import ms_to_datetime
 from sinks.otel import SpanMark
+from sinks.tables import SLICES, TOTALS, Tables, key_columns
 from sinks.timescale_corrections import apply_corrections
 from sinks.timescale_metrics import write_metrics
 
 log = logging.getLogger(__name__)
 
 StoreItem = MetricRow | RollupRow | LateEvent | CorrectionBatch | AlertEvent | SpanMark
-WriteKind = Literal["metrics", "late", "rollups", "corrections", "alerts"]
+WriteKind = Literal[
+    "metrics", "slices", "late", "rollups", "slice_rollups", "corrections", "alerts"
+]
 
 # Only ledger rows inserted now are counted. A bucket without a row yet gets a closed,
 # late-only row (revision 1 is below that of any row with an on-time event, 2 * count).
@@ -80,15 +85,15 @@ SET late_events = event_metrics.late_events + excluded.late_events,
 """
 
 ROLLUPS_SQL = """
-INSERT INTO event_sketch_rollups (
+INSERT INTO {rollups} (
     resolution, bucket, campaign_id, event_type, event_count, unique_users, value_p50,
-    value_p95, value_p99, users_sketch, values_sketch
+    value_p95, value_p99, users_sketch, values_sketch{cols}
 )
 SELECT * FROM unnest(
     %b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],
-    %b::float8[], %b::float8[], %b::float8[], %b::bytea[], %b::bytea[]
+    %b::float8[], %b::float8[], %b::float8[], %b::bytea[], %b::bytea[]{arrays}
 )
-ON CONFLICT (resolution, campaign_id, event_type, bucket) DO UPDATE
+ON CONFLICT (resolution, campaign_id, event_type, bucket{cols}) DO UPDATE
 SET event_count = excluded.event_count,
     unique_users = excluded.unique_users,
     value_p50 = excluded.value_p50,
@@ -97,8 +102,9 @@ SET event_count = excluded.event_count,
     users_sketch = excluded.users_sketch,
     values_sketch = excluded.values_sketch,
     updated_at = now()
-WHERE event_sketch_rollups.event_count < excluded.event_count
+WHERE {rollups}.event_count < excluded.event_count
 """
+ROLLUPS = {tables: tables.compose(ROLLUPS_SQL) for tables in (TOTALS, SLICES)}
 
 ALERTS_SQL = """
 INSERT INTO alerts (
@@ -139,6 +145,23 @@ def latest_rollups(rows: Sequence[RollupRow]) -> list[RollupRow]:
     return [best[key] for key in sorted(best)]
 
 
+class _Keyed(Protocol):
+    @property
+    def event_type(self) -> str: ...
+
+
+K = TypeVar("K", bound=_Keyed)
+
+
+def by_tables(rows: list[K]) -> list[tuple[Tables, list[K]]]:
+    """Rows split into campaign totals and dimension slices (those present), in order."""
+    totals = [r for r in rows if not is_series(r.event_type)]
+    if len(totals) == len(rows):
+        return [(TOTALS, rows)]
+    slices = [r for r in rows if is_series(r.event_type)]
+    return [(tables, part) for tables, part in ((TOTALS, totals), (SLICES, slices)) if part]
+
+
 def unique_late(events: Sequence[LateEvent]) -> list[LateEvent]:
     """Drop repeats of a late event (same origin offset and bucket) within a batch."""
     seen: dict[tuple[int, int, int], LateEvent] = {}
@@ -160,12 +183,16 @@ def _late_params(events: Sequence[LateEvent], topic: str) -> dict[str, object]:
     }
 
 
-def _rollups_params(rows: Sequence[RollupRow]) -> tuple[list[object], ...]:
+def _rollups_params(rows: Sequence[RollupRow], tables: Tables) -> tuple[list[Any], ...]:
+    event_types: list[Any] = [r.event_type for r in rows]
+    slices: list[list[Any]] = []
+    if tables.sliced:
+        event_types, *slices = key_columns(event_types)
     return (
         [str(r.resolution) for r in rows],
         [ms_to_datetime(r.bucket_start_ms) for r in rows],
         [r.campaign_id for r in rows],
-        [r.event_type for r in rows],
+        event_types,
         [r.event_count for r in rows],
         [r.unique_users for r in rows],
         [r.value_p50 for r in rows],
@@ -173,6 +200,7 @@ def _rollups_params(rows: Sequence[RollupRow]) -> tuple[list[object], ...]:
         [r.value_p99 for r in rows],
         [r.users_sketch for r in rows],
         [r.values_sketch for r in rows],
+        *slices,
     )
 
 
@@ -198,7 +226,9 @@ def _alerts_params(alerts: Sequence[AlertEvent]) -> tuple[list[object], ...]:
 # params are the rows, copied by `write_metrics`, or the corrections, merged by
 # `apply_corrections`.
 Params = tuple[list[object], ...] | dict[str, object] | list[MetricRow] | list[CorrectionBatch]
-Statement = tuple[WriteKind, str, Params, int]
+# The SQL, or for window rows the tables `write_metrics` copies them into.
+Query = str | sql.Composed | Tables
+Statement = tuple[WriteKind, Query, Params, int]
 
 
 @dataclass(slots=True)
@@ -239,14 +269,17 @@ def plan(items: Sequence[StoreItem], source_topic: str) -> list[Statement]:
     corrections, alerts = kinds.corrections, kinds.alerts
     statements: list[Statement] = []
     if metrics:
-        rows = latest_rows(metrics)
-        statements.append(("metrics", "", rows, len(rows)))
+        for tables, rows in by_tables(latest_rows(metrics)):
+            kind: WriteKind = "slices" if tables.sliced else "metrics"
+            statements.append((kind, tables, rows, len(rows)))
     if late:
         events = unique_late(late)
         statements.append(("late", LATE_SQL, _late_params(events, source_topic), len(events)))
     if rollups:
-        merged = latest_rollups(rollups)
-        statements.append(("rollups", ROLLUPS_SQL, _rollups_params(merged), len(merged)))
+        for tables, merged in by_tables(latest_rollups(rollups)):
+            kind = "slice_rollups" if tables.sliced else "rollups"
+            params = _rollups_params(merged, tables)
+            statements.append((kind, ROLLUPS[tables], params, len(merged)))
     if corrections:
         windows = sum(len(b.corrections) for b in corrections)
         statements.append(("corrections", "", corrections, windows))
@@ -299,8 +332,8 @@ class _Partition(StatelessSinkPartition[StoreItem]):
         conn = self._connection()
         with conn.transaction():
             for kind, query, params, _rows in statements:
-                if kind == "metrics":
-                    write_metrics(conn, params)  # type: ignore[arg-type]
+                if isinstance(query, Tables):
+                    write_metrics(conn, params, query)  # type: ignore[arg-type]
                 elif kind == "corrections":
                     apply_corrections(conn, params)  # type: ignore[arg-type]
                 else:

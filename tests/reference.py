@@ -63,6 +63,7 @@ class Ev:
     user: str = ""
     heartbeat: int | None = None  # wall time, for heartbeat records
     event_id: str = ""
+    dims: tuple[tuple[str, str], ...] = ()  # dimensions other than user_id
 
 
 def windows_reference(
@@ -72,6 +73,7 @@ def windows_reference(
     idle_ms: int,
     correction_ms: int = 0,
     dedup_s: int = 0,
+    counted: list[Ev] | None = None,
 ) -> tuple[dict[tuple[str, str, int], Bucket], list[tuple[int, int]]]:
     """Event by event, the documented semantics: buckets and the (partition, offset)s of
     late events beyond the correction horizon.
@@ -82,6 +84,7 @@ def windows_reference(
     `correction_ms` is still counted. With `dedup_s`, an event whose (campaign, event
     id) was counted at most `dedup_s` seconds of partition log time before (log time:
     the highest event or heartbeat time of the partition so far) is dropped first.
+    Every counted event is appended to `counted`, in order.
     """
     buckets: dict[tuple[str, str, int], Bucket] = defaultdict(Bucket)
     late: list[tuple[int, int]] = []
@@ -113,9 +116,59 @@ def windows_reference(
             bucket.late += 1
             if start + window_ms > max(marks) - correction_ms:
                 bucket.add(r.ts, r.value, r.user)
+                if counted is not None:
+                    counted.append(r)
             else:
                 late.append((r.partition, r.offset))
         else:
             bucket.add(r.ts, r.value, r.user)
             bucket.on_time += 1
+            if counted is not None:
+                counted.append(r)
     return dict(buckets), late
+
+
+SliceKey = tuple[str, str, int, str, tuple[tuple[str, str], ...]]
+
+
+def slices_reference(
+    counted: Iterable[Ev], window_ms: int, sets: list[list[str]], max_values: int
+) -> dict[SliceKey, Bucket]:
+    """The documented slicing of counted events (in partition offset order):
+    (campaign, type, minute, "a,b", ((a, value), (b, value))) -> bucket.
+
+    A lacking or empty value is "__missing__"; one over 256 characters or not printable
+    is "__other__"; per partition, dimension and UTC day, values after the first
+    `max_values` distinct ones are "__other__".
+    """
+    day_ms = 86_400_000
+    admitted: dict[tuple[int, str, int], set[str]] = defaultdict(set)
+    out: dict[SliceKey, Bucket] = defaultdict(Bucket)
+    for r in counted:
+        given = dict(r.dims)
+        values: dict[str, str] = {}
+        for name in sorted({n for s in sets for n in s}):
+            value = given.get(name, "")
+            if not value:
+                value = "__missing__"
+            elif len(value) > 256 or not value.isprintable():
+                value = "__other__"
+            else:
+                seen = admitted[(r.partition, name, r.ts // day_ms)]
+                if value in seen or len(seen) < max_values:
+                    seen.add(value)
+                else:
+                    value = "__other__"
+            values[name] = value
+        start = r.ts - r.ts % window_ms
+        for names in sets:
+            ordered = sorted(names)
+            key = (
+                r.campaign,
+                r.event_type,
+                start,
+                ",".join(ordered),
+                tuple((n, values[n]) for n in ordered),
+            )
+            out[key].add(r.ts, r.value, r.user)
+    return dict(out)

@@ -178,7 +178,7 @@ def test_migrations_upgrade_existing_rows_and_chunks(stack: Stack) -> None:
                 " value_sum) VALUES (%s, 'old', 'click', 4, 2.0)",
                 (at(T0),),
             )
-        assert migrate(dsn) == ["002_analytics.sql", "003_corrections.sql"]
+        assert migrate(dsn) == ["002_analytics.sql", "003_corrections.sql", "004_dimensions.sql"]
         assert stored(dsn, "old") == [
             ("click", at(T0), 4, 2.0, None, None, 0.5, 0, *(None,) * 5, 0, False, 8, None, None)
         ]

@@ -23,7 +23,7 @@ def chunks(records: list[Ev], cut: int) -> list[PartitionChunk]:
         batch = [
             heartbeat_record(r.heartbeat, r.offset)
             if r.heartbeat is not None
-            else (r.campaign, r.event_type, r.ts, r.value, r.user, r.offset, b"raw")
+            else (r.campaign, r.event_type, r.ts, r.value, r.user, r.offset, b"raw", ())
             for r in records[i : i + cut]
         ]
         out.append(preaggregate(records[0].partition, batch, MINUTE, LATENESS, IDLE))
@@ -140,7 +140,7 @@ def test_rows_of_a_window_grow_then_close_once_and_carry_sketches_when_closed() 
 
 def test_a_heartbeat_closes_the_windows_of_a_quiet_campaign() -> None:
     state = PartitionWindows(0, MINUTE, LATENESS, IDLE)
-    first = state.apply(one(("quiet", "click", T0 + 5_000, 1.0, "u1", 0, b"a")))
+    first = state.apply(one(("quiet", "click", T0 + 5_000, 1.0, "u1", 0, b"a", ())))
     assert [r.closed for r in first.rows] == [False]
     # Wall time reaches the window's end plus the idle timeout: the window closes.
     assert state.apply(one(heartbeat_record(T0 + MINUTE + IDLE - 1, 1))).rows == []
@@ -149,7 +149,7 @@ def test_a_heartbeat_closes_the_windows_of_a_quiet_campaign() -> None:
     assert state.open_window_count == 0
     assert state.campaign_count == 0  # forgotten: the heartbeat floor covers it now
     # A straggler for that window is late: it never reopens it.
-    after = state.apply(one(("quiet", "click", T0 + 6_000, 1.0, "u1", 3, b"b")))
+    after = state.apply(one(("quiet", "click", T0 + 6_000, 1.0, "u1", 3, b"b", ())))
     assert after.rows == []
     assert [(e.offset, e.bucket_start_ms) for e in after.late] == [(3, T0)]
 
@@ -158,13 +158,13 @@ def test_event_time_alone_closes_windows_and_late_events_never_reopen_them() -> 
     state = PartitionWindows(0, MINUTE, LATENESS, IDLE)
     step = state.apply(
         one(
-            ("c", "click", T0 + 1_000, 2.0, "", 0, b"a"),
-            ("c", "click", T0 + MINUTE + LATENESS, 3.0, "", 1, b"b"),  # watermark T0 + 60 s
+            ("c", "click", T0 + 1_000, 2.0, "", 0, b"a", ()),
+            ("c", "click", T0 + MINUTE + LATENESS, 3.0, "", 1, b"b", ()),  # watermark T0 + 60 s
         )
     )
     closed = [r for r in step.rows if r.closed]
     assert [(r.bucket_start_ms, r.event_count, r.value_sum) for r in closed] == [(T0, 1, 2.0)]
-    step = state.apply(one(("c", "click", T0 + 2_000, 4.0, "", 2, b"c")))
+    step = state.apply(one(("c", "click", T0 + 2_000, 4.0, "", 2, b"c", ())))
     assert step.rows == []
     assert [e.offset for e in step.late] == [2]
     assert step.late[0].raw == b"c"
@@ -196,7 +196,7 @@ def test_hourly_rollups_merge_the_closed_windows_of_the_hour() -> None:
     state = PartitionWindows(0, MINUTE, LATENESS, IDLE)
     # One event a minute for 30 minutes, users u0..u9 repeating, then a heartbeat hours on.
     records: list[Record] = [
-        ("c", "view", T0 + i * MINUTE + 1, float(i), f"u{i % 10}", i, b"x") for i in range(30)
+        ("c", "view", T0 + i * MINUTE + 1, float(i), f"u{i % 10}", i, b"x", ()) for i in range(30)
     ]
     step = state.apply(one(*records, heartbeat_record(T0 + 3 * 3_600_000, 30)))
     hour = T0 - T0 % 3_600_000
@@ -216,16 +216,16 @@ def test_hourly_rollups_merge_the_closed_windows_of_the_hour() -> None:
 
 def test_progress_rows_are_paced_but_closed_rows_are_immediate() -> None:
     state = PartitionWindows(0, MINUTE, LATENESS, IDLE, refresh_ms=1000)
-    first = state.apply(one(("c", "view", T0 + 1, 1.0, "", 0, b"a")), now_ms=5_000)
+    first = state.apply(one(("c", "view", T0 + 1, 1.0, "", 0, b"a", ())), now_ms=5_000)
     assert [(r.event_count, r.closed) for r in first.rows] == [(1, False)]
     # Within the refresh interval: progress is held back...
-    held = state.apply(one(("c", "view", T0 + 2, 1.0, "", 1, b"b")), now_ms=5_500)
+    held = state.apply(one(("c", "view", T0 + 2, 1.0, "", 1, b"b", ())), now_ms=5_500)
     assert held.rows == []
     # ...but a window that closes is written at once, with its final values.
-    closing = state.apply(one(("c", "view", T0 + MINUTE + LATENESS, 1.0, "", 2, b"c")), 5_600)
+    closing = state.apply(one(("c", "view", T0 + MINUTE + LATENESS, 1.0, "", 2, b"c", ())), 5_600)
     assert [(r.bucket_start_ms, r.event_count, r.closed) for r in closing.rows] == [(T0, 2, True)]
     assert [r.resolution.value for r in closing.rollups] == []  # rollup rows are paced too
-    later = state.apply(one(("c", "view", T0 + MINUTE + 11_000, 1.0, "", 3, b"d")), 6_000)
+    later = state.apply(one(("c", "view", T0 + MINUTE + 11_000, 1.0, "", 3, b"d", ())), 6_000)
     assert [(r.bucket_start_ms, r.event_count, r.closed) for r in later.rows] == [
         (T0 + MINUTE, 2, False)
     ]
@@ -236,8 +236,8 @@ def test_progress_rows_are_paced_but_closed_rows_are_immediate() -> None:
 def test_max_watermark_is_the_most_advanced_campaign_watermark() -> None:
     state = PartitionWindows(0, MINUTE, LATENESS, IDLE)
     assert state.max_watermark_ms == NO_TIME
-    state.apply(one(("a", "click", T0 + 5_000, 1.0, "", 0, b"a")))
-    state.apply(one(("b", "click", T0 + 20_000, 1.0, "", 1, b"b")))
+    state.apply(one(("a", "click", T0 + 5_000, 1.0, "", 0, b"a", ())))
+    state.apply(one(("b", "click", T0 + 20_000, 1.0, "", 1, b"b", ())))
     assert state.max_watermark_ms == T0 + 20_000 - LATENESS
     state.apply(one(heartbeat_record(T0 + 35_000, 2)))  # floor T0 + 5 s: events still ahead
     assert state.max_watermark_ms == T0 + 20_000 - LATENESS
