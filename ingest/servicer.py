@@ -337,6 +337,8 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 request.start_ms,
                 request.end_ms,
                 request.resolution,
+                request.group_by,
+                request.dimensions,
             )
         except QueryError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -363,6 +365,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     late_events=row.late_events,
                     closed=row.closed,
                     on_time_count=row.on_time_count,
+                    dimensions=dict(row.dimensions),
                 )
         except SinkError as exc:
             _log_rpc_error("QueryMetrics", context, f"the metrics store failed: {exc}")

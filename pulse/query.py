@@ -1,9 +1,11 @@
 """Metrics queries: the validated, plain form of a `MetricsRequest`."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
-from pulse.errors import QueryError
+from pulse.dimensions import MAX_NAME_CHARS, MAX_SET_DIMENSIONS, MAX_VALUE_CHARS, parse_set
+from pulse.errors import ConfigError, QueryError
 from pulse.windows import DAY_MS
 
 
@@ -27,19 +29,52 @@ MAX_TIME_MS = 253_402_300_800_000  # 10000-01-01, exclusive end
 _BUCKET_MS = {Resolution.MINUTE: 0, Resolution.HOUR: 3_600_000, Resolution.DAY: DAY_MS}
 
 
+Dimensions = tuple[tuple[str, str], ...]  # (name, value) pairs, sorted by name
+
+
+def _slices(group_by: str, dimensions: Mapping[str, str]) -> tuple[str | None, Dimensions]:
+    """The dimension set and the filter of a query, validated."""
+    if not group_by:
+        if dimensions:
+            raise QueryError("a dimensions filter needs group_by naming its dimensions")
+        return None, ()
+    if len(group_by) > MAX_SET_DIMENSIONS * (MAX_NAME_CHARS + 1):
+        raise QueryError("group_by is too long")
+    try:
+        names = parse_set(group_by)
+    except ConfigError as exc:
+        raise QueryError(f"group_by: {exc}") from None
+    for name, value in dimensions.items():
+        if name not in names:
+            raise QueryError(f"dimensions filter on {name!r}, which group_by does not name")
+        if len(value) > MAX_VALUE_CHARS:
+            raise QueryError(f"dimensions filter value of {name!r} is too long")
+    return ",".join(names), tuple(sorted(dimensions.items()))
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsQuery:
-    """Aggregates of one campaign (optionally one event type) over `[start_ms, end_ms)`."""
+    """Aggregates of one campaign (optionally one event type) over `[start_ms, end_ms)`;
+    with `dimension_set`, per slice of that set (only those matching `dimensions`)."""
 
     campaign_id: str
     event_type: str | None
     start_ms: int
     end_ms: int
     resolution: Resolution
+    dimension_set: str | None = None
+    dimensions: Dimensions = ()
 
     @classmethod
-    def parse(
-        cls, campaign_id: str, event_type: str, start_ms: int, end_ms: int, resolution: int
+    def parse(  # noqa: PLR0917 (the request's fields)
+        cls,
+        campaign_id: str,
+        event_type: str,
+        start_ms: int,
+        end_ms: int,
+        resolution: int,
+        group_by: str = "",
+        dimensions: Mapping[str, str] | None = None,
     ) -> "MetricsQuery":
         """Validate raw request fields; raise QueryError with the reason otherwise."""
         if not campaign_id or len(campaign_id) > MAX_ID_CHARS:
@@ -61,7 +96,8 @@ class MetricsQuery:
         if step:  # widen to whole hours or days, so every returned point is complete
             start_ms -= start_ms % step
             end_ms += -end_ms % step
-        return cls(campaign_id, event_type or None, start_ms, end_ms, res)
+        dimension_set, wanted = _slices(group_by, dimensions or {})
+        return cls(campaign_id, event_type or None, start_ms, end_ms, res, dimension_set, wanted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +126,4 @@ class MetricPointRow:
     late_events: int = 0  # arrived after the bucket closed (corrections included)
     closed: bool = False  # the watermark passed the bucket
     on_time_count: int = 0  # counted when the bucket closed (or so far, while open)
+    dimensions: Dimensions = ()  # the slice's values; empty for campaign totals

@@ -6,6 +6,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from pulse.errors import SinkError
@@ -16,6 +17,11 @@ _RELATIONS = {
     Resolution.MINUTE: "event_metrics",
     Resolution.HOUR: "event_metrics_hourly",
     Resolution.DAY: "event_metrics_daily",
+}
+_SLICE_RELATIONS = {
+    Resolution.MINUTE: "event_metrics_by_dimensions",
+    Resolution.HOUR: "event_metrics_by_dimensions_hourly",
+    Resolution.DAY: "event_metrics_by_dimensions_daily",
 }
 
 # The same columns, in `MetricPointRow` order, in the table and in both views.
@@ -30,6 +36,20 @@ WHERE campaign_id = %(campaign_id)s
 ORDER BY bucket, event_type
 """
 
+# The same for slices: one set's, those whose values contain the filter's.
+_SLICES_QUERY = """
+SELECT campaign_id, event_type, bucket, event_count, value_sum, value_min, value_max,
+       value_avg, unique_users, value_p50, value_p95, value_p99, first_event_at,
+       last_event_at, late_events, closed, on_time_count, dimensions
+FROM {relation}
+WHERE campaign_id = %(campaign_id)s
+  AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
+  AND dimension_set = %(dimension_set)s
+  AND dimensions @> %(dimensions)s
+  AND bucket >= %(start)s AND bucket < %(end)s
+ORDER BY bucket, event_type, dimensions
+"""
+
 
 def _optional_ms(value: datetime | None) -> int | None:
     return None if value is None else datetime_to_ms(value)
@@ -37,7 +57,8 @@ def _optional_ms(value: datetime | None) -> int | None:
 
 def _point(row: tuple[Any, ...]) -> MetricPointRow:
     campaign_id, event_type, bucket, count, total, vmin, vmax, avg, users = row[:9]
-    p50, p95, p99, first, last, late, closed, on_time = row[9:]
+    p50, p95, p99, first, last, late, closed, on_time = row[9:17]
+    dims = row[17] if len(row) > 17 else {}
     return MetricPointRow(
         campaign_id,
         event_type,
@@ -56,6 +77,7 @@ def _point(row: tuple[Any, ...]) -> MetricPointRow:
         late,
         closed,
         on_time,
+        tuple(sorted(dims.items())),
     )
 
 
@@ -74,13 +96,19 @@ class TimescaleMetricsReader:
         await self._pool.close()
 
     async def query(self, query: MetricsQuery) -> AsyncIterator[MetricPointRow]:
-        statement = sql.SQL(_QUERY).format(relation=sql.Identifier(_RELATIONS[query.resolution]))
-        params = {
+        params: dict[str, Any] = {
             "campaign_id": query.campaign_id,
             "event_type": query.event_type,
             "start": ms_to_datetime(query.start_ms),
             "end": ms_to_datetime(query.end_ms),
         }
+        if query.dimension_set is None:
+            relation, template = _RELATIONS[query.resolution], _QUERY
+        else:
+            relation, template = _SLICE_RELATIONS[query.resolution], _SLICES_QUERY
+            params["dimension_set"] = query.dimension_set
+            params["dimensions"] = Jsonb(dict(query.dimensions))
+        statement = sql.SQL(template).format(relation=sql.Identifier(relation))
         try:
             async with self._pool.connection() as conn, conn.cursor() as cur:
                 await cur.execute(statement, params)

@@ -47,3 +47,28 @@ def test_a_point_without_details_has_no_values_no_users_and_is_open() -> None:
     assert (p.value_p50, p.value_p95, p.value_p99) == (None, None, None)
     assert (p.first_event_ms, p.last_event_ms) == (None, None)
     assert (p.unique_users, p.late_events, p.closed) == (0, 0, False)
+
+
+def test_a_dimension_set_is_normalized_and_its_filter_kept_sorted() -> None:
+    q = MetricsQuery.parse("c1", "", 0, HOUR, 1, " device ,country", {"device": "ios"})
+    assert (q.dimension_set, q.dimensions) == ("country,device", (("device", "ios"),))
+    plain = MetricsQuery.parse("c1", "", 0, HOUR, 1)
+    assert (plain.dimension_set, plain.dimensions) == (None, ())
+
+
+@pytest.mark.parametrize(
+    ("group_by", "dimensions", "message"),
+    [
+        ("", {"country": "DE"}, "needs group_by"),
+        ("country", {"device": "ios"}, "does not name"),
+        ("user_id", {}, "distinct users"),
+        ("a,b,c,d,e", {}, "limit 4"),
+        ("x" * 500, {}, "too long"),
+        ("country", {"country": "x" * 257}, "too long"),
+    ],
+)
+def test_bad_dimension_queries_are_refused(
+    group_by: str, dimensions: dict[str, str], message: str
+) -> None:
+    with pytest.raises(QueryError, match=message):
+        MetricsQuery.parse("c1", "", 0, HOUR, 1, group_by, dimensions)

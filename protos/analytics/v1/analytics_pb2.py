@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#protos/analytics/v1/analytics.proto\x12\x0c\x61nalytics.v1\"\xd6\x01\n\x08RawEvent\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\x03\x12:\n\ndimensions\x18\x04 \x03(\x0b\x32&.analytics.v1.RawEvent.DimensionsEntry\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\x12\r\n\x05value\x18\x06 \x01(\x01\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\nEventBatch\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.analytics.v1.RawEvent\"h\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12*\n\x06reason\x18\x03 \x01(\x0e\x32\x1a.analytics.v1.RejectReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"t\n\x0eIngestResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x03\x12+\n\nrejections\x18\x03 \x03(\x0b\x32\x17.analytics.v1.Rejection\x12\x12\n\nduplicates\x18\x04 \x01(\x03\"\x89\x01\n\x0eMetricsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x10\n\x08start_ms\x18\x03 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x04 \x01(\x03\x12,\n\nresolution\x18\x05 \x01(\x0e\x32\x18.analytics.v1.Resolution\"\x8a\x04\n\x0bMetricPoint\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x17\n\x0f\x62ucket_start_ms\x18\x03 \x01(\x03\x12\x13\n\x0b\x65vent_count\x18\x04 \x01(\x03\x12\x11\n\tvalue_sum\x18\x05 \x01(\x01\x12,\n\nresolution\x18\x06 \x01(\x0e\x32\x18.analytics.v1.Resolution\x12\x16\n\tvalue_min\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tvalue_max\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\tvalue_avg\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x14\n\x0cunique_users\x18\n \x01(\x03\x12\x16\n\tvalue_p50\x18\x0b \x01(\x01H\x03\x88\x01\x01\x12\x16\n\tvalue_p95\x18\x0c \x01(\x01H\x04\x88\x01\x01\x12\x16\n\tvalue_p99\x18\r \x01(\x01H\x05\x88\x01\x01\x12\x16\n\x0e\x66irst_event_ms\x18\x0e \x01(\x03\x12\x15\n\rlast_event_ms\x18\x0f \x01(\x03\x12\x13\n\x0blate_events\x18\x10 \x01(\x03\x12\x0e\n\x06\x63losed\x18\x11 \x01(\x08\x12\x15\n\ron_time_count\x18\x12 \x01(\x03\x42\x0c\n\n_value_minB\x0c\n\n_value_maxB\x0c\n\n_value_avgB\x0c\n\n_value_p50B\x0c\n\n_value_p95B\x0c\n\n_value_p99\"1\n\tHeartbeat\x12\x14\n\x0cwall_time_ms\x18\x01 \x01(\x03\x12\x0e\n\x06source\x18\x02 \x01(\t\"\x9b\x02\n\x0cNotification\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.analytics.v1.AlertState\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x11\n\trule_kind\x18\x04 \x01(\t\x12\x10\n\x08severity\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x06 \x01(\t\x12\x12\n\nevent_type\x18\x07 \x01(\t\x12\x0e\n\x06metric\x18\x08 \x01(\t\x12\x17\n\x0fwindow_start_ms\x18\t \x01(\x03\x12\x15\n\rwindow_end_ms\x18\n \x01(\x03\x12\x10\n\x08observed\x18\x0b \x01(\x01\x12\x11\n\tthreshold\x18\x0c \x01(\x01\x12\x0f\n\x07message\x18\r \x01(\t*\xaa\x02\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1f\n\x1bREJECT_REASON_MISSING_FIELD\x10\x01\x12 \n\x1cREJECT_REASON_FIELD_TOO_LONG\x10\x02\x12#\n\x1fREJECT_REASON_TIMESTAMP_TOO_OLD\x10\x03\x12%\n!REJECT_REASON_TIMESTAMP_IN_FUTURE\x10\x04\x12%\n!REJECT_REASON_TOO_MANY_DIMENSIONS\x10\x05\x12\x1f\n\x1bREJECT_REASON_INVALID_VALUE\x10\x06\x12$\n REJECT_REASON_INVALID_CHARACTERS\x10\x07*h\n\nResolution\x12\x1a\n\x16RESOLUTION_UNSPECIFIED\x10\x00\x12\x15\n\x11RESOLUTION_MINUTE\x10\x01\x12\x13\n\x0fRESOLUTION_HOUR\x10\x02\x12\x12\n\x0eRESOLUTION_DAY\x10\x03*[\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LERT_STATE_FIRING\x10\x01\x12\x18\n\x14\x41LERT_STATE_RESOLVED\x10\x02\x32\xf5\x01\n\x10\x41nalyticsService\x12\x46\n\x0cIngestEvents\x12\x16.analytics.v1.RawEvent\x1a\x1c.analytics.v1.IngestResponse(\x01\x12N\n\x12IngestEventBatches\x12\x18.analytics.v1.EventBatch\x1a\x1c.analytics.v1.IngestResponse(\x01\x12I\n\x0cQueryMetrics\x12\x1c.analytics.v1.MetricsRequest\x1a\x19.analytics.v1.MetricPoint0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#protos/analytics/v1/analytics.proto\x12\x0c\x61nalytics.v1\"\xd6\x01\n\x08RawEvent\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\x03\x12:\n\ndimensions\x18\x04 \x03(\x0b\x32&.analytics.v1.RawEvent.DimensionsEntry\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\x12\r\n\x05value\x18\x06 \x01(\x01\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\nEventBatch\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.analytics.v1.RawEvent\"h\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12*\n\x06reason\x18\x03 \x01(\x0e\x32\x1a.analytics.v1.RejectReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"t\n\x0eIngestResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x03\x12+\n\nrejections\x18\x03 \x03(\x0b\x32\x17.analytics.v1.Rejection\x12\x12\n\nduplicates\x18\x04 \x01(\x03\"\x90\x02\n\x0eMetricsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x10\n\x08start_ms\x18\x03 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x04 \x01(\x03\x12,\n\nresolution\x18\x05 \x01(\x0e\x32\x18.analytics.v1.Resolution\x12\x10\n\x08group_by\x18\x06 \x01(\t\x12@\n\ndimensions\x18\x07 \x03(\x0b\x32,.analytics.v1.MetricsRequest.DimensionsEntry\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfc\x04\n\x0bMetricPoint\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x17\n\x0f\x62ucket_start_ms\x18\x03 \x01(\x03\x12\x13\n\x0b\x65vent_count\x18\x04 \x01(\x03\x12\x11\n\tvalue_sum\x18\x05 \x01(\x01\x12,\n\nresolution\x18\x06 \x01(\x0e\x32\x18.analytics.v1.Resolution\x12\x16\n\tvalue_min\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tvalue_max\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\tvalue_avg\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x14\n\x0cunique_users\x18\n \x01(\x03\x12\x16\n\tvalue_p50\x18\x0b \x01(\x01H\x03\x88\x01\x01\x12\x16\n\tvalue_p95\x18\x0c \x01(\x01H\x04\x88\x01\x01\x12\x16\n\tvalue_p99\x18\r \x01(\x01H\x05\x88\x01\x01\x12\x16\n\x0e\x66irst_event_ms\x18\x0e \x01(\x03\x12\x15\n\rlast_event_ms\x18\x0f \x01(\x03\x12\x13\n\x0blate_events\x18\x10 \x01(\x03\x12\x0e\n\x06\x63losed\x18\x11 \x01(\x08\x12\x15\n\ron_time_count\x18\x12 \x01(\x03\x12=\n\ndimensions\x18\x13 \x03(\x0b\x32).analytics.v1.MetricPoint.DimensionsEntry\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_value_minB\x0c\n\n_value_maxB\x0c\n\n_value_avgB\x0c\n\n_value_p50B\x0c\n\n_value_p95B\x0c\n\n_value_p99\"1\n\tHeartbeat\x12\x14\n\x0cwall_time_ms\x18\x01 \x01(\x03\x12\x0e\n\x06source\x18\x02 \x01(\t\"\x9b\x02\n\x0cNotification\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.analytics.v1.AlertState\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x11\n\trule_kind\x18\x04 \x01(\t\x12\x10\n\x08severity\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x06 \x01(\t\x12\x12\n\nevent_type\x18\x07 \x01(\t\x12\x0e\n\x06metric\x18\x08 \x01(\t\x12\x17\n\x0fwindow_start_ms\x18\t \x01(\x03\x12\x15\n\rwindow_end_ms\x18\n \x01(\x03\x12\x10\n\x08observed\x18\x0b \x01(\x01\x12\x11\n\tthreshold\x18\x0c \x01(\x01\x12\x0f\n\x07message\x18\r \x01(\t*\xaa\x02\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1f\n\x1bREJECT_REASON_MISSING_FIELD\x10\x01\x12 \n\x1cREJECT_REASON_FIELD_TOO_LONG\x10\x02\x12#\n\x1fREJECT_REASON_TIMESTAMP_TOO_OLD\x10\x03\x12%\n!REJECT_REASON_TIMESTAMP_IN_FUTURE\x10\x04\x12%\n!REJECT_REASON_TOO_MANY_DIMENSIONS\x10\x05\x12\x1f\n\x1bREJECT_REASON_INVALID_VALUE\x10\x06\x12$\n REJECT_REASON_INVALID_CHARACTERS\x10\x07*h\n\nResolution\x12\x1a\n\x16RESOLUTION_UNSPECIFIED\x10\x00\x12\x15\n\x11RESOLUTION_MINUTE\x10\x01\x12\x13\n\x0fRESOLUTION_HOUR\x10\x02\x12\x12\n\x0eRESOLUTION_DAY\x10\x03*[\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LERT_STATE_FIRING\x10\x01\x12\x18\n\x14\x41LERT_STATE_RESOLVED\x10\x02\x32\xf5\x01\n\x10\x41nalyticsService\x12\x46\n\x0cIngestEvents\x12\x16.analytics.v1.RawEvent\x1a\x1c.analytics.v1.IngestResponse(\x01\x12N\n\x12IngestEventBatches\x12\x18.analytics.v1.EventBatch\x1a\x1c.analytics.v1.IngestResponse(\x01\x12I\n\x0cQueryMetrics\x12\x1c.analytics.v1.MetricsRequest\x1a\x19.analytics.v1.MetricPoint0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RAWEVENT_DIMENSIONSENTRY']._loaded_options = None
   _globals['_RAWEVENT_DIMENSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_REJECTREASON']._serialized_start=1551
-  _globals['_REJECTREASON']._serialized_end=1849
-  _globals['_RESOLUTION']._serialized_start=1851
-  _globals['_RESOLUTION']._serialized_end=1955
-  _globals['_ALERTSTATE']._serialized_start=1957
-  _globals['_ALERTSTATE']._serialized_end=2048
+  _globals['_METRICSREQUEST_DIMENSIONSENTRY']._loaded_options = None
+  _globals['_METRICSREQUEST_DIMENSIONSENTRY']._serialized_options = b'8\001'
+  _globals['_METRICPOINT_DIMENSIONSENTRY']._loaded_options = None
+  _globals['_METRICPOINT_DIMENSIONSENTRY']._serialized_options = b'8\001'
+  _globals['_REJECTREASON']._serialized_start=1800
+  _globals['_REJECTREASON']._serialized_end=2098
+  _globals['_RESOLUTION']._serialized_start=2100
+  _globals['_RESOLUTION']._serialized_end=2204
+  _globals['_ALERTSTATE']._serialized_start=2206
+  _globals['_ALERTSTATE']._serialized_end=2297
   _globals['_RAWEVENT']._serialized_start=54
   _globals['_RAWEVENT']._serialized_end=268
   _globals['_RAWEVENT_DIMENSIONSENTRY']._serialized_start=219
@@ -50,13 +54,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INGESTRESPONSE']._serialized_start=430
   _globals['_INGESTRESPONSE']._serialized_end=546
   _globals['_METRICSREQUEST']._serialized_start=549
-  _globals['_METRICSREQUEST']._serialized_end=686
-  _globals['_METRICPOINT']._serialized_start=689
-  _globals['_METRICPOINT']._serialized_end=1211
-  _globals['_HEARTBEAT']._serialized_start=1213
-  _globals['_HEARTBEAT']._serialized_end=1262
-  _globals['_NOTIFICATION']._serialized_start=1265
-  _globals['_NOTIFICATION']._serialized_end=1548
-  _globals['_ANALYTICSSERVICE']._serialized_start=2051
-  _globals['_ANALYTICSSERVICE']._serialized_end=2296
+  _globals['_METRICSREQUEST']._serialized_end=821
+  _globals['_METRICSREQUEST_DIMENSIONSENTRY']._serialized_start=219
+  _globals['_METRICSREQUEST_DIMENSIONSENTRY']._serialized_end=268
+  _globals['_METRICPOINT']._serialized_start=824
+  _globals['_METRICPOINT']._serialized_end=1460
+  _globals['_METRICPOINT_DIMENSIONSENTRY']._serialized_start=219
+  _globals['_METRICPOINT_DIMENSIONSENTRY']._serialized_end=268
+  _globals['_HEARTBEAT']._serialized_start=1462
+  _globals['_HEARTBEAT']._serialized_end=1511
+  _globals['_NOTIFICATION']._serialized_start=1514
+  _globals['_NOTIFICATION']._serialized_end=1797
+  _globals['_ANALYTICSSERVICE']._serialized_start=2300
+  _globals['_ANALYTICSSERVICE']._serialized_end=2545
 # @@protoc_insertion_point(module_scope)

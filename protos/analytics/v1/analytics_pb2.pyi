@@ -253,11 +253,33 @@ Global___IngestResponse: _TypeAlias = IngestResponse  # noqa: Y015
 class MetricsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class DimensionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
     EVENT_TYPE_FIELD_NUMBER: _builtins.int
     START_MS_FIELD_NUMBER: _builtins.int
     END_MS_FIELD_NUMBER: _builtins.int
     RESOLUTION_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     event_type: _builtins.str
     """empty: every event type"""
@@ -266,6 +288,17 @@ class MetricsRequest(_message.Message):
     end_ms: _builtins.int
     """exclusive"""
     resolution: Global___Resolution.ValueType
+    group_by: _builtins.str
+    """Dimension slices (the dataflow's PULSE_GROUP_BY). With group_by, a configured
+    dimension set such as "country" or "country,device" (any order), one point per
+    slice of that set; without it, the campaign's totals.
+    """
+    @_builtins.property
+    def dimensions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only the slices with these values, e.g. {"country": "DE"}; every key must be in
+        group_by. Values include "__missing__" and "__other__".
+        """
+
     def __init__(
         self,
         *,
@@ -274,10 +307,12 @@ class MetricsRequest(_message.Message):
         start_ms: _builtins.int = ...,
         end_ms: _builtins.int = ...,
         resolution: Global___Resolution.ValueType = ...,
+        group_by: _builtins.str = ...,
+        dimensions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "end_ms", b"end_ms", "event_type", b"event_type", "resolution", b"resolution", "start_ms", b"start_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "dimensions", b"dimensions", "end_ms", b"end_ms", "event_type", b"event_type", "group_by", b"group_by", "resolution", b"resolution", "start_ms", b"start_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,6 +321,26 @@ Global___MetricsRequest: _TypeAlias = MetricsRequest  # noqa: Y015
 @_typing.final
 class MetricPoint(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DimensionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
     EVENT_TYPE_FIELD_NUMBER: _builtins.int
@@ -305,6 +360,7 @@ class MetricPoint(_message.Message):
     LATE_EVENTS_FIELD_NUMBER: _builtins.int
     CLOSED_FIELD_NUMBER: _builtins.int
     ON_TIME_COUNT_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     event_type: _builtins.str
     bucket_start_ms: _builtins.int
@@ -331,6 +387,12 @@ class MetricPoint(_message.Message):
     """the watermark passed the bucket"""
     on_time_count: _builtins.int
     """events counted when the bucket closed (event_count"""
+    @_builtins.property
+    def dimensions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """minus the late events folded in since)
+        the slice's values (with group_by); else empty
+        """
+
     def __init__(
         self,
         *,
@@ -352,10 +414,11 @@ class MetricPoint(_message.Message):
         late_events: _builtins.int = ...,
         closed: _builtins.bool = ...,
         on_time_count: _builtins.int = ...,
+        dimensions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_value_avg", b"_value_avg", "_value_max", b"_value_max", "_value_min", b"_value_min", "_value_p50", b"_value_p50", "_value_p95", b"_value_p95", "_value_p99", b"_value_p99", "value_avg", b"value_avg", "value_max", b"value_max", "value_min", b"value_min", "value_p50", b"value_p50", "value_p95", b"value_p95", "value_p99", b"value_p99"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value_avg", b"_value_avg", "_value_max", b"_value_max", "_value_min", b"_value_min", "_value_p50", b"_value_p50", "_value_p95", b"_value_p95", "_value_p99", b"_value_p99", "bucket_start_ms", b"bucket_start_ms", "campaign_id", b"campaign_id", "closed", b"closed", "event_count", b"event_count", "event_type", b"event_type", "first_event_ms", b"first_event_ms", "last_event_ms", b"last_event_ms", "late_events", b"late_events", "on_time_count", b"on_time_count", "resolution", b"resolution", "unique_users", b"unique_users", "value_avg", b"value_avg", "value_max", b"value_max", "value_min", b"value_min", "value_p50", b"value_p50", "value_p95", b"value_p95", "value_p99", b"value_p99", "value_sum", b"value_sum"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value_avg", b"_value_avg", "_value_max", b"_value_max", "_value_min", b"_value_min", "_value_p50", b"_value_p50", "_value_p95", b"_value_p95", "_value_p99", b"_value_p99", "bucket_start_ms", b"bucket_start_ms", "campaign_id", b"campaign_id", "closed", b"closed", "dimensions", b"dimensions", "event_count", b"event_count", "event_type", b"event_type", "first_event_ms", b"first_event_ms", "last_event_ms", b"last_event_ms", "late_events", b"late_events", "on_time_count", b"on_time_count", "resolution", b"resolution", "unique_users", b"unique_users", "value_avg", b"value_avg", "value_max", b"value_max", "value_min", b"value_min", "value_p50", b"value_p50", "value_p95", b"value_p95", "value_p99", b"value_p99", "value_sum", b"value_sum"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__value_avg: _TypeAlias = _typing.Literal["value_avg"]  # noqa: Y015
     _WhichOneofArgType__value_avg: _TypeAlias = _typing.Literal["_value_avg", b"_value_avg"]  # noqa: Y015
