@@ -2,8 +2,9 @@
 
 For each key count K, a fresh topic is filled with N events (default 1,000,000), event
 times 1 ms apart (so N / 60,000 one-minute windows), event i for campaign i mod K, one
-event type, users drawn from 100,000. A fresh `pulse flow` (`PULSE_TAIL=false`) reads
-it to the end into a fresh database; the run checks that every event was counted.
+event type, users drawn from 100,000, a `country` of 20 and a `device` of 3. A fresh
+`pulse flow` (`PULSE_TAIL=false`) reads it to the end into a fresh database; the run
+checks that every event was counted.
 
 Per run: wall seconds (start-up and shutdown excluded: the time of an empty topic's run
 is subtracted), events/s, key-windows (rows written to `event_metrics`), peak resident
@@ -11,6 +12,11 @@ memory of the dataflow process, and the rate relative to the smallest K. Then a 
 squares fit of the wall time over the sweep, `seconds = a * events + b * key-windows`,
 gives the cost per event `a` and per key-window `b` (N is the same in every run, so `a`
 comes from the fit's intercept).
+
+Then the same topic of `--dims-keys` campaigns (default 10,000) again with one dimension
+set (`country`) and with two (`country;country,device`): events/s, slice rows written,
+peak RSS, and the rate relative to the run without slices. Each run checks that every
+set's slices add up to every event.
 """
 
 import argparse
@@ -26,6 +32,9 @@ from .common import fresh_topics, run_flow, stack
 PARTITIONS = 4
 USERS = 100_000
 CHUNK = 50_000
+COUNTRIES = [f"C{i:02d}" for i in range(20)]
+DEVICES = ["ios", "android", "web"]
+GROUP_BYS = ("country", "country;country,device")
 
 
 async def fill(bootstrap: str, topic: str, n: int, keys: int) -> None:
@@ -44,7 +53,11 @@ async def fill(bootstrap: str, topic: str, n: int, keys: int) -> None:
                     timestamp=start + i,
                     event_id=f"k{keys}-{i}",
                     value=rng.randrange(400) / 8,
-                    dimensions={"user_id": f"user-{rng.randrange(USERS)}"},
+                    dimensions={
+                        "user_id": f"user-{rng.randrange(USERS)}",
+                        "country": COUNTRIES[rng.randrange(len(COUNTRIES))],
+                        "device": DEVICES[rng.randrange(len(DEVICES))],
+                    },
                 )
                 records.append((campaign.encode(), event.SerializeToString()))
             for i in range(0, len(records), 10_000):
@@ -69,6 +82,9 @@ def main() -> None:
     parser.add_argument(
         "--keys", default="100,10000,100000,1000000", help="comma-separated key counts"
     )
+    parser.add_argument(
+        "--dims-keys", type=int, default=10_000, help="key count of the dimension runs (0: none)"
+    )
     args = parser.parse_args()
     n = args.events
     sweep = [int(k) for k in args.keys.split(",")]
@@ -82,11 +98,10 @@ def main() -> None:
         f"{'CPU s':>8}{'peak RSS MB':>13}{'rate / first':>14}"
     )
     results: list[tuple[int, int, float]] = []
+    filled: dict[int, dict[str, str]] = {}
     first_rate = 0.0
     for keys in sweep:
-        topics = fresh_topics(bootstrap, PARTITIONS)
-        asyncio.run(fill(bootstrap, topics["raw"], n, keys))
-        time.sleep(3.0)  # let the broker settle after the fill
+        topics = filled[keys] = filled_topics(bootstrap, n, keys)
         run = run_flow(bootstrap, admin_dsn, topics, n)
         wall, cpu, rss, rows = run.wall_s, run.cpu_s, run.peak_rss, run.rows
         seconds = wall - idle
@@ -104,6 +119,37 @@ def main() -> None:
         print(
             f"fit over the sweep: {per_event * 1e6:.2f} us per event + "
             f"{per_window * 1e6:.1f} us per key-window"
+        )
+    if args.dims_keys:
+        keys = args.dims_keys
+        topics = filled.get(keys) or filled_topics(bootstrap, n, keys)
+        dimension_runs(bootstrap, admin_dsn, topics, n, keys, idle)
+
+
+def filled_topics(bootstrap: str, n: int, keys: int) -> dict[str, str]:
+    topics = fresh_topics(bootstrap, PARTITIONS)
+    asyncio.run(fill(bootstrap, topics["raw"], n, keys))
+    time.sleep(3.0)  # let the broker settle after the fill
+    return topics
+
+
+def dimension_runs(  # noqa: PLR0917 (the sweep's context)
+    bootstrap: str, admin_dsn: str, topics: dict[str, str], n: int, keys: int, idle: float
+) -> None:
+    """The same topic without slices, with one dimension set and with two."""
+    print(f"dimension sets at {keys:,} keys:")
+    print(
+        f"{'PULSE_GROUP_BY':>26}{'slice rows':>12}{'seconds':>9}{'events/s':>11}"
+        f"{'peak RSS MB':>13}{'rate / none':>13}"
+    )
+    base = 0.0
+    for group_by in ("", *GROUP_BYS):
+        run = run_flow(bootstrap, admin_dsn, topics, n, {"PULSE_GROUP_BY": group_by})
+        rate = n / max(run.wall_s - idle, 1e-9)
+        base = base or rate
+        print(
+            f"{group_by or '(none)':>26}{run.slice_rows:>12,}{run.wall_s - idle:>9.1f}"
+            f"{rate:>11,.0f}{run.peak_rss / 2**20:>13,.0f}{rate / base:>13.3f}"
         )
 
 

@@ -157,6 +157,7 @@ class FlowRun:
     cpu_s: float  # of the flow process (and its threads)
     peak_rss: int  # bytes
     rows: int  # written to event_metrics
+    slice_rows: int = 0  # written to event_metrics_by_dimensions
 
 
 def run_flow(
@@ -198,7 +199,15 @@ def run_flow(
             row = conn.execute(
                 "SELECT coalesce(sum(event_count), 0), count(*) FROM event_metrics"
             ).fetchone()
+            sets = conn.execute(
+                "SELECT dimension_set, sum(event_count), count(*)"
+                " FROM event_metrics_by_dimensions GROUP BY 1"
+            ).fetchall()
         counted, rows = (int(row[0]), int(row[1])) if row else (0, 0)
         if counted != expect:
             raise SystemExit(f"counted {counted} events, expected {expect}")
-        return FlowRun(elapsed, cpu, peak.peak_kb * 1024, rows)
+        for name, in_set, _rows in sets:
+            if in_set != expect:
+                raise SystemExit(f"dimension set {name}: {in_set} events, expected {expect}")
+        slice_rows = sum(int(r[2]) for r in sets)
+        return FlowRun(elapsed, cpu, peak.peak_kb * 1024, rows, slice_rows)
