@@ -9,7 +9,7 @@ from psycopg import sql
 
 from .schema import migrate
 
-DROP_ATTEMPTS = 20
+DROP_ATTEMPTS = 240  # 2 minutes: a scheduler busy with a large database takes its time
 DROP_RETRY_S = 0.5
 
 
@@ -25,8 +25,13 @@ def create_database(admin_dsn: str, prefix: str) -> tuple[str, str]:
 
 def drop_database(admin_dsn: str, name: str) -> None:
     """Drop a database, waiting out TimescaleDB's scheduler for it: that worker connects
-    as the superuser, so `WITH (FORCE)` cannot end it and fails while it is connected."""
+    as the superuser, so `WITH (FORCE)` cannot end it and fails while it is connected.
+    New connections are refused first, so the scheduler does not come back."""
+    refuse = sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name))
     drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(refuse)
     for attempt in range(DROP_ATTEMPTS):
         try:
             with psycopg.connect(admin_dsn, autocommit=True) as conn:
