@@ -164,16 +164,18 @@ class _Accumulator:
         return acc
 
 
+SnapshotEntry = tuple[
+    str, Resolution, str, int, int, bytes | tuple[str, ...], bytes | tuple[float, ...]
+]
+
+
 @dataclass(frozen=True, slots=True)
 class RollupSnapshot:
     """Immutable, picklable copy of `Rollups` (sketches as bytes)."""
 
     # (campaign, resolution, event type, bucket start, count, users, values): users and
     # values exact (tuples) or as sketch bytes.
-    entries: tuple[
-        tuple[str, Resolution, str, int, int, bytes | tuple[str, ...], bytes | tuple[float, ...]],
-        ...,
-    ]
+    entries: tuple["SnapshotEntry", ...]
 
 
 class Rollups:
@@ -185,12 +187,16 @@ class Rollups:
     less often than windows close; an expiring accumulator always yields its final row.
     """
 
-    __slots__ = ("_acc", "_dirty")
+    __slots__ = ("_acc", "_dirty", "_frozen", "_unsnapped")
 
     def __init__(self) -> None:
         # campaign -> (resolution, event type, bucket start) -> accumulator
         self._acc: dict[str, dict[tuple[Resolution, str, int], _Accumulator]] = {}
         self._dirty: dict[tuple[str, Resolution, str, int], None] = {}  # an ordered set
+        # Snapshot entries, refreshed for the accumulators changed since the last snapshot
+        # (as `PartitionWindows` keeps its windows'): a snapshot costs per change.
+        self._frozen: dict[tuple[str, Resolution, str, int], SnapshotEntry] = {}
+        self._unsnapped: dict[tuple[str, Resolution, str, int], _Accumulator] = {}
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._acc.values())
@@ -209,6 +215,7 @@ class Rollups:
                     acc = per_campaign[key] = _Accumulator()
                 acc.add_window(window.agg)
                 self._dirty[(window.campaign_id, *key)] = None
+                self._unsnapped[(window.campaign_id, *key)] = acc
 
     def merge_late(self, resolution: Resolution, bucket_start_ms: int, late: Correction) -> None:
         """Merge late events of a closed window into its hour or day, still held here
@@ -222,6 +229,7 @@ class Rollups:
             late.count, sketches.hll_from(late.users_sketch), sketches.kll_from(late.values_sketch)
         )
         self._dirty[(late.campaign_id, *key)] = None
+        self._unsnapped[(late.campaign_id, *key)] = acc
 
     def take_rows(self) -> list[RollupRow]:
         """Rows of every accumulator changed since the last call."""
@@ -244,6 +252,8 @@ class Rollups:
         for key in [k for k in per_campaign if k[2] + ROLLUP_MS[k[0]] <= watermark_ms]:
             acc = per_campaign.pop(key)
             dirty = (campaign_id, *key)
+            self._frozen.pop(dirty, None)
+            self._unsnapped.pop(dirty, None)
             if dirty in self._dirty:
                 del self._dirty[dirty]
                 rows.append(_row(key[0], campaign_id, key[1], key[2], acc))
@@ -255,28 +265,21 @@ class Rollups:
         return list(self._acc)
 
     def snapshot(self) -> RollupSnapshot:
-        return RollupSnapshot(
-            tuple(
-                (
-                    campaign,
-                    res,
-                    event_type,
-                    start,
-                    acc.count,
-                    *acc.frozen(),
-                )
-                for campaign, per_campaign in self._acc.items()
-                for (res, event_type, start), acc in per_campaign.items()
-            )
-        )
+        frozen = self._frozen
+        for key, acc in self._unsnapped.items():
+            frozen[key] = (*key, acc.count, *acc.frozen())
+        self._unsnapped.clear()
+        return RollupSnapshot(tuple(frozen.values()))
 
     @classmethod
     def restore(cls, snapshot: RollupSnapshot) -> "Rollups":
         rollups = cls()
-        for campaign, res, event_type, start, count, users, values in snapshot.entries:
+        for entry in snapshot.entries:
+            campaign, res, event_type, start, count, users, values = entry
             acc = _Accumulator.thawed(count, users, values)
             rollups._acc.setdefault(campaign, {})[(res, event_type, start)] = acc
             rollups._dirty[(campaign, res, event_type, start)] = None  # rows may be unwritten
+            rollups._frozen[(campaign, res, event_type, start)] = entry
         return rollups
 
 

@@ -43,6 +43,7 @@ from pulse.rollups import ROLLUP_MS, RollupRow, Rollups, RollupSnapshot
 # (None: none of them was late within the chunk, only by the state's watermark).
 _LatePart = tuple[Partial, list[int] | None]
 _NEVER = 2**63  # an offset no event reaches
+OpenWindowEntry = tuple[str, str, int, FrozenAggregate]  # campaign, type, start, aggregate
 NO_GROUPS = GroupBy()
 
 
@@ -85,7 +86,7 @@ class PartitionSnapshot:
     partition: int
     heartbeat_ms: int
     max_event_ms: tuple[tuple[str, int], ...]
-    open_windows: tuple[tuple[str, str, int, FrozenAggregate], ...]
+    open_windows: tuple[OpenWindowEntry, ...]
     rollups: RollupSnapshot
     alerts: Any
     log_ms: int = NO_TIME
@@ -136,6 +137,11 @@ class PartitionWindows:
         self._max_event_ms: dict[str, int] = {}
         # campaign -> (event type, window start) -> aggregate
         self._open: dict[str, dict[tuple[str, int], WindowAggregate]] = {}
+        # The snapshot's entries of the open windows, refreshed for the windows changed
+        # since the last snapshot (`_unsnapped`): a snapshot costs Python work per changed
+        # window, not per open window (Bytewax takes one every epoch).
+        self._frozen: dict[tuple[str, str, int], OpenWindowEntry] = {}
+        self._unsnapped: dict[tuple[str, str, int], WindowAggregate] = {}
         self._rollups = Rollups()
 
     # -- queries --------------------------------------------------------------------
@@ -210,7 +216,9 @@ class PartitionWindows:
         out = StepOutput()
         corrected: dict[WindowKey, list[_LatePart]] = {}
         before: dict[str, int] = {}  # campaign -> its watermark before this chunk
-        self._pending.update(self._merge(chunk, out, corrected, before))
+        touched = self._merge(chunk, out, corrected, before)
+        self._pending.update(touched)
+        self._unsnapped.update(touched)
         for campaign, seen in chunk.max_event_ms.items():
             if seen > self._max_event_ms.get(campaign, NO_TIME):
                 self._max_event_ms[campaign] = seen
@@ -221,7 +229,10 @@ class PartitionWindows:
         candidates = list(self._open) if heartbeat_moved else list(chunk.max_event_ms)
         closed = self._close(candidates)
         for window in closed:
-            self._pending.pop((window.campaign_id, window.event_type, window.start_ms), None)
+            key = (window.campaign_id, window.event_type, window.start_ms)
+            self._pending.pop(key, None)
+            self._unsnapped.pop(key, None)
+            self._frozen.pop(key, None)
         out.rows = [w.agg.row(w.campaign_id, w.event_type, w.start_ms, closed=True) for w in closed]
         self._rollups.add(closed)
         totals = [w for w in closed if not is_series(w.event_type)] if self._slicer else closed
@@ -403,15 +414,15 @@ class PartitionWindows:
     # -- recovery -------------------------------------------------------------------
 
     def snapshot(self) -> PartitionSnapshot:
+        frozen = self._frozen
+        for key, agg in self._unsnapped.items():
+            frozen[key] = (*key, agg.freeze())
+        self._unsnapped.clear()
         return PartitionSnapshot(
             self.partition,
             self._heartbeat_ms,
             tuple(self._max_event_ms.items()),
-            tuple(
-                (campaign, event_type, start, agg.freeze())
-                for campaign, windows in self._open.items()
-                for (event_type, start), agg in windows.items()
-            ),
+            tuple(frozen.values()),
             self._rollups.snapshot(),
             self._alerts.snapshot() if self._alerts is not None else None,
             log_ms=self._log_ms,
@@ -462,7 +473,9 @@ class PartitionWindows:
             state._ids = IdMemory.restore(ids, dedup_s)
         state._heartbeat_ms = snapshot.heartbeat_ms
         state._max_event_ms = dict(snapshot.max_event_ms)
-        for campaign, event_type, start, frozen in snapshot.open_windows:
+        for entry in snapshot.open_windows:
+            campaign, event_type, start, frozen = entry
             state._open.setdefault(campaign, {})[(event_type, start)] = WindowAggregate.thaw(frozen)
+            state._frozen[(campaign, event_type, start)] = entry
         state._rollups = Rollups.restore(snapshot.rollups)
         return state

@@ -243,3 +243,30 @@ def test_max_watermark_is_the_most_advanced_campaign_watermark() -> None:
     assert state.max_watermark_ms == T0 + 20_000 - LATENESS
     state.apply(one(heartbeat_record(T0 + 100_000, 3)))
     assert state.max_watermark_ms == T0 + 100_000 - IDLE
+
+
+def test_snapshots_refreshed_per_change_equal_snapshots_made_afresh() -> None:
+    """Snapshots keep the entries of unchanged windows and accumulators: after any chunk,
+    the snapshot holds exactly what freezing every open window and accumulator gives."""
+    records = stream(11, 2500)
+    state = PartitionWindows(0, MINUTE, LATENESS, IDLE)
+    for i, chunk in enumerate(chunks(records, 30)):
+        state.apply(chunk)
+        if i % 3:
+            continue
+        snapshot = state.snapshot()
+        afresh = PartitionWindows.restore(
+            pickle.loads(pickle.dumps(snapshot)), MINUTE, LATENESS, IDLE
+        )
+        fresh_windows = {
+            (c, t, s): (agg.count, agg.sum_micros, agg.value_min, agg.value_max)
+            for c, windows in state._open.items()
+            for (t, s), agg in windows.items()
+        }
+        kept_windows = {
+            (c, t, s): (f.count, f.sum_micros, f.value_min, f.value_max)
+            for c, t, s, f in snapshot.open_windows
+        }
+        assert kept_windows == fresh_windows
+        assert len(snapshot.rollups.entries) == len(state._rollups)
+        assert snapshot.rollups.entries == afresh.snapshot().rollups.entries
