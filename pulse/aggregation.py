@@ -115,9 +115,9 @@ class WindowAggregate:
 
     __slots__ = (
         "_frozen",
-        "_user_set",
+        "_user_tuple",
         "_users",
-        "_value_list",
+        "_value_tuple",
         "_values",
         "count",
         "first_ms",
@@ -136,9 +136,12 @@ class WindowAggregate:
         self.value_max = float("-inf")
         self.first_ms = 2**63 - 1
         self.last_ms = -(2**63)
-        self._user_set: set[str] | None = set()  # None once a sketch holds the users
+        # Exact users (distinct, no empty id) and values as tuples, shared with the frozen
+        # copy: a tuple of a few items takes a quarter of a set's memory. None once a
+        # sketch holds them.
+        self._user_tuple: tuple[str, ...] | None = ()
         self._users: sketches.HllSketch | None = None
-        self._value_list: list[float] | None = []  # None once a sketch holds the values
+        self._value_tuple: tuple[float, ...] | None = ()
         self._values: sketches.KllSketch | None = None
         self._frozen: FrozenAggregate | None = None  # `freeze()` since the last change
 
@@ -150,66 +153,70 @@ class WindowAggregate:
         self.value_max = max(self.value_max, part.value_max)
         self.first_ms = min(self.first_ms, part.first_ms)
         self.last_ms = max(self.last_ms, part.last_ms)
-        users = self._user_set
+        users = self._user_tuple
         if users is None:
             sketches.add_users(self.users, part.users)
         else:
-            users.update(part.users)
-            users.discard("")  # events without a user
-            if len(users) > self.SMALL:
-                self._users = sketches.hll_of(users)
-                self._user_set = None
-        values = self._value_list
+            merged = {*users, *part.users}
+            merged.discard("")  # events without a user
+            if len(merged) > self.SMALL:
+                self._users = sketches.hll_of(merged)
+                self._user_tuple = None
+            else:
+                self._user_tuple = tuple(merged)
+        values = self._value_tuple
         if values is None:
             sketches.add_values(self.values, part.values)
         else:
-            values.extend(part.values)
+            values += tuple(part.values)
             if len(values) > self.SMALL:
                 self._values = sketches.kll_of(values)
-                self._value_list = None
+                self._value_tuple = None
+            else:
+                self._value_tuple = values
 
     @property
     def users(self) -> sketches.HllSketch:
         """The users as a sketch (made now if they were still exact; kept from then on)."""
         if self._users is None:
-            self._users = sketches.hll_of(self._user_set or set())
-            self._user_set = None
+            self._users = sketches.hll_of(self._user_tuple or ())
+            self._user_tuple = None
         return self._users
 
     @property
     def values(self) -> sketches.KllSketch:
         """The values as a sketch (made now if they were still exact; kept from then on)."""
         if self._values is None:
-            self._values = sketches.kll_of(self._value_list or [])
-            self._value_list = None
+            self._values = sketches.kll_of(self._value_tuple or ())
+            self._value_tuple = None
         return self._values
 
     def _users_bytes(self) -> bytes:
         """The users as a serialized sketch; exact users stay exact (rollups merge them)."""
-        if self._user_set is None:
+        if self._user_tuple is None:
             return sketches.hll_bytes(self.users)
-        return sketches.hll_bytes(sketches.hll_of(self._user_set))
+        return sketches.hll_bytes(sketches.hll_of(self._user_tuple))
 
     def _values_bytes(self) -> bytes:
         """The values as a serialized sketch; exact values stay exact."""
-        if self._value_list is None:
+        if self._value_tuple is None:
             return sketches.kll_bytes(self.values)
-        return sketches.kll_bytes(sketches.kll_of(self._value_list))
+        return sketches.kll_bytes(sketches.kll_of(self._value_tuple))
 
-    def exact_users(self) -> set[str] | None:
-        """The users while exact (do not mutate); None once a sketch holds them."""
-        return self._user_set
+    def exact_users(self) -> tuple[str, ...] | None:
+        """The distinct users while exact; None once a sketch holds them."""
+        return self._user_tuple
 
-    def exact_values(self) -> list[float] | None:
-        """The values while exact (do not mutate); None once a sketch holds them."""
-        return self._value_list
+    def exact_values(self) -> tuple[float, ...] | None:
+        """The values while exact; None once a sketch holds them."""
+        return self._value_tuple
 
     def distinct_users(self) -> int:
-        users = self._user_set
+        users = self._user_tuple
         return len(users) if users is not None else sketches.distinct(self.users)
 
     def percentiles(self) -> tuple[float | None, float | None, float | None]:
-        values = self._value_list
+        values = self._value_tuple
         if values is None:
             return sketches.percentiles(self.values)
         q = sketches.exact_quantiles(values)
@@ -253,7 +260,7 @@ class WindowAggregate:
         return self._frozen
 
     def _make_frozen(self) -> "FrozenAggregate":
-        users, values = self._user_set, self._value_list
+        users, values = self._user_tuple, self._value_tuple
         return FrozenAggregate(
             self.count,
             self.sum_micros,
@@ -263,8 +270,8 @@ class WindowAggregate:
             self.last_ms,
             b"" if users is not None else sketches.hll_bytes(self.users),
             b"" if values is not None else sketches.kll_bytes(self.values),
-            tuple(users) if users is not None else None,
-            tuple(values) if values is not None else None,
+            users,
+            values,
         )
 
     @classmethod
@@ -280,13 +287,13 @@ class WindowAggregate:
         user_set = getattr(frozen, "user_set", None)
         value_list = getattr(frozen, "value_list", None)
         if user_set is None:
-            agg._users, agg._user_set = sketches.hll_from(frozen.users), None
+            agg._users, agg._user_tuple = sketches.hll_from(frozen.users), None
         else:
-            agg._user_set = set(user_set)
+            agg._user_tuple = tuple(user_set)
         if value_list is None:
-            agg._values, agg._value_list = sketches.kll_from(frozen.values), None
+            agg._values, agg._value_tuple = sketches.kll_from(frozen.values), None
         else:
-            agg._value_list = list(value_list)
+            agg._value_tuple = tuple(value_list)
         return agg
 
 

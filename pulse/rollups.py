@@ -54,13 +54,15 @@ class _Accumulator:
     set, a list) while few, as `WindowAggregate` keeps them, then sketches. Most hours of
     a high-cardinality stream merge a few events, and a KLL sketch alone takes 3.5 KB."""
 
-    __slots__ = ("_frozen", "_union", "_user_set", "_value_list", "_values", "count")
+    __slots__ = ("_frozen", "_union", "_user_tuple", "_value_tuple", "_values", "count")
 
     def __init__(self) -> None:
         self.count = 0
-        self._user_set: set[str] | None = set()  # None once `_union` holds the users
+        # Exact users and values as tuples (shared with the frozen copy); None once
+        # `_union` or `_values` holds them.
+        self._user_tuple: tuple[str, ...] | None = ()
         self._union: ds.hll_union | None = None
-        self._value_list: list[float] | None = []  # None once `_values` holds the values
+        self._value_tuple: tuple[float, ...] | None = ()
         self._values: ds.kll_doubles_sketch | None = None
         self._frozen: Frozen | None = None  # `frozen()` since the last change
 
@@ -68,15 +70,16 @@ class _Accumulator:
         self._frozen = None
         self.count += agg.count
         users, values = agg.exact_users(), agg.exact_values()
-        if users is not None and self._user_set is not None:
-            self._user_set |= users
-            if len(self._user_set) > WindowAggregate.SMALL:
+        if users is not None and self._user_tuple is not None:
+            merged = {*self._user_tuple, *users}
+            self._user_tuple = tuple(merged)
+            if len(merged) > WindowAggregate.SMALL:
                 self._sketched_users()
         else:
             self._sketched_users().update(agg.users)
-        if values is not None and self._value_list is not None:
-            self._value_list += values
-            if len(self._value_list) > WindowAggregate.SMALL:
+        if values is not None and self._value_tuple is not None:
+            self._value_tuple += values
+            if len(self._value_tuple) > WindowAggregate.SMALL:
                 self._sketched_values()
         else:
             self._sketched_values().merge(agg.values)
@@ -90,38 +93,38 @@ class _Accumulator:
     def _sketched_users(self) -> ds.hll_union:
         if self._union is None:
             self._union = ds.hll_union(sketches.HLL_LG_K)
-            if self._user_set:
-                self._union.update(sketches.hll_of(self._user_set))
-            self._user_set = None
+            if self._user_tuple:
+                self._union.update(sketches.hll_of(self._user_tuple))
+            self._user_tuple = None
         return self._union
 
     def _sketched_values(self) -> ds.kll_doubles_sketch:
         if self._values is None:
-            self._values = sketches.kll_of(self._value_list or [])
-            self._value_list = None
+            self._values = sketches.kll_of(self._value_tuple or ())
+            self._value_tuple = None
         return self._values
 
     def users_sketch(self) -> ds.hll_sketch:
         """The merged users as one sketch (the accumulator stays as it is)."""
         if self._union is not None:
             return self._union.get_result(sketches.HLL_TYPE)
-        return sketches.hll_of(self._user_set or ())
+        return sketches.hll_of(self._user_tuple or ())
 
     def values_sketch(self) -> ds.kll_doubles_sketch:
         """The merged values as one sketch (the accumulator stays as it is)."""
         if self._values is not None:
             return self._values
-        return sketches.kll_of(self._value_list or [])
+        return sketches.kll_of(self._value_tuple or ())
 
     def estimates(
         self, users: ds.hll_sketch, values: ds.kll_doubles_sketch
     ) -> tuple[int, float | None, float | None, float | None]:
         """(distinct users, p50, p95, p99): exact while the sets are, else from `users`
         and `values` (`users_sketch()` and `values_sketch()`, made once by the caller)."""
-        exact = self._user_set
+        exact = self._user_tuple
         distinct = len(exact) if exact is not None else sketches.distinct(users)
-        if self._value_list is not None:
-            q = sketches.exact_quantiles(self._value_list)
+        if self._value_tuple is not None:
+            q = sketches.exact_quantiles(self._value_tuple)
             p50, p95, p99 = q if q is not None else (None, None, None)
         else:
             p50, p95, p99 = sketches.percentiles(values)
@@ -136,13 +139,13 @@ class _Accumulator:
 
     def _make_frozen(self) -> "Frozen":
         users: bytes | tuple[str, ...] = (
-            tuple(self._user_set)
-            if self._user_set is not None
+            self._user_tuple
+            if self._user_tuple is not None
             else sketches.hll_bytes(self.users_sketch())
         )
         values: bytes | tuple[float, ...] = (
-            tuple(self._value_list)
-            if self._value_list is not None
+            self._value_tuple
+            if self._value_tuple is not None
             else sketches.kll_bytes(self.values_sketch())
         )
         return users, values
@@ -156,11 +159,11 @@ class _Accumulator:
         if isinstance(users, bytes):
             acc._sketched_users().update(sketches.hll_from(users))
         else:
-            acc._user_set = set(users)
+            acc._user_tuple = tuple(users)
         if isinstance(values, bytes):
-            acc._values, acc._value_list = sketches.kll_from(values), None
+            acc._values, acc._value_tuple = sketches.kll_from(values), None
         else:
-            acc._value_list = list(values)
+            acc._value_tuple = tuple(values)
         return acc
 
 
