@@ -45,6 +45,7 @@ def fresh_topics(bootstrap: str, partitions: int = 4) -> dict[str, str]:
         "late": f"{prefix}.late",
         "dlq": f"{prefix}.dlq",
         "notifications": f"{prefix}.notifications",
+        "shed": f"{prefix}.shed",
     }
     ensure_topics(bootstrap, list(names.values()), partitions)
     return names
@@ -176,6 +177,7 @@ def run_flow(
             "PULSE_TOPIC_RAW": topics["raw"],
             "PULSE_TOPIC_LATE": topics["late"],
             "PULSE_TOPIC_DLQ": topics["dlq"],
+            "PULSE_TOPIC_SHED": topics["shed"],
             "PULSE_TOPIC_NOTIFICATIONS": topics["notifications"],
             "PULSE_TAIL": "false",
             "PULSE_API_PORT": str(free_port()),

@@ -19,13 +19,14 @@ offset order, and its heartbeats reach every campaign in it. Sources and sinks a
 parameters, so tests run the same flow on `TestingSource` and `TestingSink`.
 """
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
@@ -39,6 +40,7 @@ from pulse.alerts.rules import Rule
 from pulse.corrections import CorrectionBatch
 from pulse.dimensions import GroupBy
 from pulse.preagg import NO_TIME, RecordBatch
+from pulse.shedding import ShedEvent
 from pulse.windowing import NO_GROUPS, PartitionSnapshot, PartitionWindows, corrected_events
 from pulse.windows import TumblingWindows
 from sinks import otel
@@ -46,7 +48,9 @@ from sinks.kafka_outputs import SideRecord
 from sinks.timescale_writer import StoreItem
 
 from . import metrics
-from .records import Decoder, late_record
+from .records import Decoder, late_record, shed_record
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +68,11 @@ class FlowConfig:
     correction_ms: int = 0  # late events of windows closed this recently correct them
     dedup_s: int = 0  # retries of an event id seen this recently are dropped (0: no dedup)
     group_by: GroupBy = NO_GROUPS  # dimension sets aggregated beside campaigns
+    max_campaigns: int = 0  # campaigns aggregated per partition and UTC day (0: no limit)
+    shed_topic: str = "events.shed"  # where events past `max_campaigns` go
 
 
-class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem, PartitionSnapshot]):
+class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem | ShedEvent, PartitionSnapshot]):
     """Bytewax shell around the pure `PartitionWindows` of one source partition."""
 
     def __init__(
@@ -91,6 +97,7 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem, PartitionSnapsh
                 correction_ms=config.correction_ms,
                 dedup_s=config.dedup_s,
                 group_by=config.group_by,
+                max_campaigns=config.max_campaigns,
             )
             # The counter goes on from the count at the snapshot; the replay adds the rest.
             metrics.DUPLICATES.labels(str(self._state.partition)).inc(self._state.duplicates)
@@ -103,7 +110,7 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem, PartitionSnapsh
             return AlertEngine(config.rules, config.window_ms)
         return AlertEngine.restore(saved, config.rules, config.window_ms)
 
-    def on_batch(self, values: list[RecordBatch]) -> tuple[Iterable[StoreItem], bool]:
+    def on_batch(self, values: list[RecordBatch]) -> tuple[Iterable[StoreItem | ShedEvent], bool]:
         config = self._config
         if self._state is None:
             self._state = PartitionWindows(
@@ -116,8 +123,9 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem, PartitionSnapsh
                 correction_ms=config.correction_ms,
                 dedup_s=config.dedup_s,
                 group_by=config.group_by,
+                max_campaigns=config.max_campaigns,
             )
-        out: list[StoreItem] = []
+        out: list[StoreItem | ShedEvent] = []
         span = None if self._tracer is None else self._start_span(self._tracer, values)
         now_ms = self._clock() * 1000  # paces progress rows only; results never see it
         duplicates = metrics.DUPLICATES.labels(str(self._state.partition))
@@ -137,6 +145,19 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem, PartitionSnapsh
             metrics.WINDOWS_CLOSED.inc(step.closed)
             for dimension, count in step.overflow.items():
                 metrics.DIMENSION_OVERFLOW.labels(dimension).inc(count)
+            out += step.shed
+            metrics.SHED_EVENTS.inc(len(step.shed))
+            for day in step.full_days:
+                log.warning(
+                    "partition %d reached %d campaigns on %s: events of further campaigns "
+                    "of that day are not aggregated but written to %s "
+                    "(PULSE_MAX_CAMPAIGNS_PER_DAY)",
+                    self._state.partition,
+                    config.max_campaigns,
+                    time.strftime("%Y-%m-%d", time.gmtime(day / 1000)),
+                    config.shed_topic,
+                    extra={"partition": self._state.partition},
+                )
             for alert in step.alerts:
                 metrics.ALERTS.labels(alert.rule, alert.state.value).inc()
         watermark_ms = self._state.max_watermark_ms
@@ -184,12 +205,24 @@ def _is_dead(item: tuple[str, RecordBatch] | SideRecord) -> TypeGuard[SideRecord
     return isinstance(item, SideRecord)
 
 
-def _is_late(item: StoreItem) -> TypeGuard[LateEvent]:
+def _is_late(item: StoreItem | ShedEvent) -> TypeGuard[LateEvent]:
     return isinstance(item, LateEvent)
 
 
-def _is_alert(item: StoreItem) -> TypeGuard[AlertEvent]:
+def _is_alert(item: StoreItem | ShedEvent) -> TypeGuard[AlertEvent]:
     return isinstance(item, AlertEvent)
+
+
+def _side_record(item: StoreItem | ShedEvent, config: FlowConfig) -> SideRecord | None:
+    if isinstance(item, LateEvent):
+        return late_record(item, config.late_topic, config.source_topic)
+    if isinstance(item, ShedEvent):
+        return shed_record(item, config.shed_topic, config.source_topic, config.max_campaigns)
+    return None
+
+
+def _store_item(item: StoreItem | ShedEvent) -> StoreItem | None:
+    return None if isinstance(item, ShedEvent) else item
 
 
 def build_flow(
@@ -226,16 +259,11 @@ def build_flow(
         "windows", batches, lambda resume: _PartitionLogic(config, resume, clock, tracer)
     )
     results = op.map("drop_key", windowed, lambda kv: kv[1])
-    op.output("timescale_out", results, store_sink)
+    stored: Stream[StoreItem] = op.filter_map("store_items", results, _store_item)
+    op.output("timescale_out", stored, store_sink)
 
-    late = op.filter_map(
-        "late_to_kafka",
-        results,
-        lambda item: (
-            late_record(item, config.late_topic, config.source_topic) if _is_late(item) else None
-        ),
-    )
-    op.output("side_out", op.merge("side_records", late, dead), side_sink)
+    aside = op.filter_map("aside_to_kafka", results, lambda item: _side_record(item, config))
+    op.output("side_out", op.merge("side_records", aside, dead), side_sink)
     alerts = op.filter_map("alerts", results, lambda item: item if _is_alert(item) else None)
     op.output("notifications_out", alerts, notification_sink)
     return flow

@@ -62,6 +62,8 @@ def flow_from_settings(s: FlowSettings, tracer: Tracer | None = None) -> Dataflo
         correction_ms=s.correction_horizon_ms,
         dedup_s=s.dedup_horizon_seconds,
         group_by=s.dimension_sets,
+        max_campaigns=s.max_campaigns_per_day,
+        shed_topic=s.topic_shed,
     )
 
     def written(table: str, rows: int) -> None:
@@ -80,7 +82,9 @@ def flow_from_settings(s: FlowSettings, tracer: Tracer | None = None) -> Dataflo
         ),
         "timescale",
     )
-    side = MeteredSink(SideOutputSink(s.kafka_bootstrap, [s.topic_late, s.topic_dlq]), "side")
+    side = MeteredSink(
+        SideOutputSink(s.kafka_bootstrap, [s.topic_late, s.topic_dlq, s.topic_shed]), "side"
+    )
     notifications = MeteredSink(
         NotificationSink(s.kafka_bootstrap, s.topic_notifications), "notifications"
     )

@@ -31,6 +31,11 @@ DUPLICATES = Counter(
 DEAD_LETTERS = Counter("pulse_flow_dead_letters_total", "Records sent to the dead-letter topic")
 CONSUMER_ERRORS = Counter("pulse_flow_consumer_errors_total", "Kafka consumer errors (not records)")
 WINDOWS_CLOSED = Counter("pulse_flow_windows_closed_total", "Windows the watermark passed")
+SHED_EVENTS = Counter(
+    "pulse_flow_shed_events_total",
+    "Events of campaigns past PULSE_MAX_CAMPAIGNS_PER_DAY, not aggregated but written to "
+    "the shed topic",
+)
 DIMENSION_OVERFLOW = Counter(
     "pulse_flow_dimension_overflow_total",
     "Slice values counted under __other__: past the distinct values limit of their "

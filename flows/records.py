@@ -11,6 +11,7 @@ it no header is read.
 """
 
 import logging
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import Message
@@ -20,6 +21,7 @@ from xxhash import xxh3_128_digest
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.aggregation import LateEvent
 from pulse.preagg import NO_TIME, Record, RecordBatch, heartbeat_record
+from pulse.shedding import ShedEvent
 from pulse.validation import Limits, check_values
 from sinks.kafka_outputs import SideRecord
 
@@ -208,4 +210,25 @@ def late_record(late: LateEvent, topic: str, source_topic: str) -> SideRecord:
         source_topic=source_topic,
         source_partition=late.partition,
         source_offset=late.offset,
+    )
+
+
+def shed_record(shed: ShedEvent, topic: str, source_topic: str, limit: int) -> SideRecord:
+    """The shed-event record: original bytes, with why it was not aggregated in headers."""
+    day = time.strftime("%Y-%m-%d", time.gmtime(shed.day_start_ms / 1000))
+    return SideRecord(
+        topic=topic,
+        key=shed.campaign_id.encode(),
+        value=shed.raw,
+        headers=(
+            (
+                "pulse.error",
+                f"shed: partition {shed.partition} already aggregates {limit} campaigns "
+                f"on {day} (PULSE_MAX_CAMPAIGNS_PER_DAY)".encode(),
+            ),
+            source_header(source_topic, shed.partition, shed.offset),
+        ),
+        source_topic=source_topic,
+        source_partition=shed.partition,
+        source_offset=shed.offset,
     )

@@ -43,7 +43,7 @@ def _migrate(_args: argparse.Namespace) -> None:
     applied = migrate(s.pg_dsn.get_secret_value())
     created = ensure_topics(
         s.kafka_bootstrap,
-        [s.topic_raw, s.topic_late, s.topic_dlq, s.topic_notifications],
+        [s.topic_raw, s.topic_late, s.topic_dlq, s.topic_notifications, s.topic_shed],
         s.topic_partitions,
     )
     print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")

@@ -35,6 +35,9 @@ class CommonSettings(BaseSettings):
     topic_late: str = Field("events.late", description="topic of events behind the watermark")
     topic_dlq: str = Field("events.dlq", description="dead-letter topic of undecodable records")
     topic_notifications: str = Field("notifications", description="topic of alert notifications")
+    topic_shed: str = Field(
+        "events.shed", description="topic of events shed past the campaign limit"
+    )
     topic_partitions: int = Field(4, ge=1, le=1024, description="partitions per created topic")
     window_seconds: int = Field(60, ge=1, le=86_400, description="tumbling window length")
     log_level: LogLevel = Field("INFO", description="log level")
@@ -167,6 +170,13 @@ class FlowSettings(CommonSettings):
         le=1_000_000,
         description="distinct values of one dimension counted under their own name per "
         "partition and UTC day; later ones count under __other__",
+    )
+
+    max_campaigns_per_day: int = Field(
+        250_000,
+        ge=0,
+        description="campaigns aggregated per events.raw partition and UTC day; events of "
+        "further campaigns go to the shed topic (0: no limit)",
     )
 
     @field_validator("group_by")

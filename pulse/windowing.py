@@ -38,6 +38,7 @@ from pulse.dedup import IdMemory, IdMemorySnapshot
 from pulse.dimensions import GroupBy, Slicer, SlicerSnapshot, is_series
 from pulse.preagg import NO_TIME, PartitionChunk, Record, RecordBatch, WindowKey, preaggregate
 from pulse.rollups import ROLLUP_MS, RollupRow, Rollups, RollupSnapshot
+from pulse.shedding import CampaignLimit, LimitSnapshot, ShedEvent
 
 # Late events of one window in one chunk, with each event's watermark within the chunk
 # (None: none of them was late within the chunk, only by the state's watermark).
@@ -67,6 +68,8 @@ class StepOutput:
     counted: int = 0  # events folded into open windows (once, whatever their slices)
     duplicates: int = 0  # events dropped as retries of events seen before
     overflow: dict[str, int] = field(default_factory=dict)  # per dimension: to `OTHER`
+    shed: list[ShedEvent] = field(default_factory=list)  # past the campaign limit
+    full_days: list[int] = field(default_factory=list)  # days that reached the limit
 
     @property
     def corrected(self) -> int:
@@ -94,6 +97,7 @@ class PartitionSnapshot:
     duplicates: int = 0
     corrections: tuple[Correction, ...] = ()  # not yet handed to the store
     slicer: SlicerSnapshot = ()  # admitted dimension values (`pulse.dimensions`)
+    limit: LimitSnapshot = ()  # admitted campaigns per day (`pulse.shedding`)
 
 
 class PartitionWindows:
@@ -101,7 +105,8 @@ class PartitionWindows:
 
     `correction_ms` is the correction horizon (0: late events are only routed aside),
     `dedup_s` the dedup horizon in seconds (0: no dedup), `group_by` the dimension sets
-    whose slices are aggregated beside each campaign (`pulse.dimensions`).
+    whose slices are aggregated beside each campaign (`pulse.dimensions`),
+    `max_campaigns` the campaigns aggregated per UTC day (0: no limit; `pulse.shedding`).
     """
 
     def __init__(
@@ -116,9 +121,15 @@ class PartitionWindows:
         correction_ms: int = 0,
         dedup_s: int = 0,
         group_by: GroupBy = NO_GROUPS,
+        max_campaigns: int = 0,
     ) -> None:
         self.partition = partition
         self._slicer = Slicer(group_by) if group_by else None
+        self._limit = (
+            CampaignLimit(max_campaigns, idle_ms, correction_ms + window_ms)
+            if max_campaigns
+            else None
+        )
         self._correction_ms = correction_ms
         self._ids = IdMemory(dedup_s) if dedup_s else None
         self._log_ms = NO_TIME  # the partition's log time: highest event or heartbeat time
@@ -174,6 +185,9 @@ class PartitionWindows:
     def apply_batch(self, batch: RecordBatch, now_ms: float = 0) -> StepOutput:
         """Drop the batch's retries, pre-aggregate the rest, and `apply` it."""
         records, duplicates = self._admit(batch)
+        shed: list[ShedEvent] = []
+        if self._limit is not None:
+            records, shed = self._limit.filter(records, self.partition, self._heartbeat_ms)
         chunk = preaggregate(
             batch.partition,
             records,
@@ -188,6 +202,9 @@ class PartitionWindows:
         chunk.trace_parents = batch.trace_parents
         out = self.apply(chunk, now_ms)
         out.duplicates = duplicates
+        out.shed = shed
+        if self._limit is not None:
+            out.full_days = self._limit.take_full()
         return out
 
     def _admit(self, batch: RecordBatch) -> tuple[list[Record], int]:
@@ -430,6 +447,7 @@ class PartitionWindows:
             duplicates=self.duplicates,
             corrections=tuple(c for parts in self._corrections.values() for c in parts),
             slicer=self._slicer.snapshot() if self._slicer is not None else (),
+            limit=self._limit.snapshot() if self._limit is not None else (),
         )
 
     @classmethod
@@ -445,6 +463,7 @@ class PartitionWindows:
         correction_ms: int = 0,
         dedup_s: int = 0,
         group_by: GroupBy = NO_GROUPS,
+        max_campaigns: int = 0,
     ) -> "PartitionWindows":
         """Rebuild a snapshot; `make_alerts` gets the alert state saved (None: start afresh)."""
         alerts = make_alerts(snapshot.alerts)
@@ -458,7 +477,10 @@ class PartitionWindows:
             correction_ms=correction_ms,
             dedup_s=dedup_s,
             group_by=group_by,
+            max_campaigns=max_campaigns,
         )
+        if state._limit is not None:
+            state._limit.restored(getattr(snapshot, "limit", ()))
         if group_by:
             state._slicer = Slicer.restore(group_by, getattr(snapshot, "slicer", ()))
         # Snapshots written before dedup and corrections lack their fields: start those

@@ -39,6 +39,7 @@ class Topics:
     late: str
     dlq: str
     notifications: str
+    shed: str = ""
 
 
 @pytest.fixture(scope="session")
@@ -65,10 +66,16 @@ def database(stack: Stack) -> Iterator[str]:
 def topics(stack: Stack) -> Topics:
     """Unique raw/late/dlq/notifications topics for one test."""
     prefix = f"test-{uuid.uuid4().hex[:10]}"
-    names = Topics(f"{prefix}.raw", f"{prefix}.late", f"{prefix}.dlq", f"{prefix}.notifications")
+    names = Topics(
+        f"{prefix}.raw",
+        f"{prefix}.late",
+        f"{prefix}.dlq",
+        f"{prefix}.notifications",
+        f"{prefix}.shed",
+    )
     ensure_topics(
         stack.kafka_bootstrap,
-        [names.raw, names.late, names.dlq, names.notifications],
+        [names.raw, names.late, names.dlq, names.notifications, names.shed],
         partitions=3,
     )
     return names

@@ -48,6 +48,7 @@ class Pipeline:
             "PULSE_TOPIC_RAW": topics.raw,
             "PULSE_TOPIC_LATE": topics.late,
             "PULSE_TOPIC_DLQ": topics.dlq,
+            "PULSE_TOPIC_SHED": topics.shed,
             "PULSE_TOPIC_NOTIFICATIONS": topics.notifications,
             "PULSE_RECOVERY_DIR": str(workdir / "recovery"),
             "PULSE_SNAPSHOT_INTERVAL_SECONDS": "1",
