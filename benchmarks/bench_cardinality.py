@@ -13,7 +13,7 @@ squares fit of the wall time over the sweep, `seconds = a * events + b * key-win
 gives the cost per event `a` and per key-window `b` (N is the same in every run, so `a`
 comes from the fit's intercept).
 
-Then the same topic of `--dims-keys` campaigns (default 10,000) again with one dimension
+Then the same topic of `--dims-keys` campaigns (default 100) again with one dimension
 set (`country`) and with two (`country;country,device`): events/s, slice rows written,
 peak RSS, and the rate relative to the run without slices. Each run checks that every
 set's slices add up to every event.
@@ -83,7 +83,7 @@ def main() -> None:
         "--keys", default="100,10000,100000,1000000", help="comma-separated key counts"
     )
     parser.add_argument(
-        "--dims-keys", type=int, default=10_000, help="key count of the dimension runs (0: none)"
+        "--dims-keys", type=int, default=100, help="key count of the dimension runs (0: none)"
     )
     args = parser.parse_args()
     n = args.events
