@@ -38,6 +38,7 @@ MAX_SET_DIMENSIONS = 4  # dimensions in one set
 MAX_VALUE_CHARS = 256  # as the edge's limit on a dimension value
 MAX_NAME_CHARS = 64  # as the edge's limit on a dimension key
 DEFAULT_MAX_VALUES = 1000  # distinct values per dimension, partition and day
+MAX_ANSWERS = 65_536  # remembered slicing answers (cleared when full)
 RESERVED = frozenset({"user_id"})  # aggregated as distinct users, never sliced
 
 DimensionSet = tuple[str, ...]  # sorted dimension names
@@ -147,27 +148,48 @@ class Slicer:
         self._names = names
         self._admitted: Admitted = admitted if admitted is not None else {}
         self.overflow: dict[str, int] = {}
+        # (day, event type, values) -> (series, dimensions sent to OTHER): a day's
+        # answers never change (admitted values stay admitted, a full set stays full),
+        # so the common repeat costs one lookup.
+        self._answers: dict[tuple[int, str, tuple[str, ...]], tuple[list[str], list[str]]] = {}
 
     def series(self, event_type: str, ts: int, values: tuple[str, ...]) -> list[str]:
         """The series of the event's slices, one per dimension set, in set order."""
         day = ts - ts % DAY_MS
+        known = self._answers.get((day, event_type, values))
+        if known is not None:
+            out, others = known
+            for name in others:
+                self.overflow[name] = self.overflow.get(name, 0) + 1
+            return out
+        out, others = self._decide(day, event_type, values)
+        if len(self._answers) >= MAX_ANSWERS:
+            self._answers.clear()
+        self._answers[(day, event_type, values)] = (out, others)
+        return out
+
+    def _decide(
+        self, day: int, event_type: str, values: tuple[str, ...]
+    ) -> tuple[list[str], list[str]]:
         admitted = self._admitted.get(day)
         if admitted is None:
             admitted = self._admitted[day] = tuple(set() for _ in self._names)
         limit = self.group_by.max_values
         kept: list[str] = []
+        others: list[str] = []
         for name, seen, raw in zip(self._names, admitted, values, strict=True):
             value = _clean(raw)
             if value not in seen and value not in (MISSING, OTHER):
                 if len(seen) < limit:
                     seen.add(value)
                 else:
-                    self.overflow[name] = self.overflow.get(name, 0) + 1
                     value = OTHER
-            elif value == OTHER:
+            if value == OTHER:
                 self.overflow[name] = self.overflow.get(name, 0) + 1
+                others.append(name)
             kept.append(value)
-        return [series(event_type, dims, [kept[i] for i in picks]) for dims, picks in self._picks]
+        out = [series(event_type, dims, [kept[i] for i in picks]) for dims, picks in self._picks]
+        return out, others
 
     def take_overflow(self) -> dict[str, int]:
         out, self.overflow = self.overflow, {}
@@ -178,6 +200,7 @@ class Slicer:
         theirs can be counted any more (the caller's watermark minus its horizon)."""
         for day in [d for d in self._admitted if d + DAY_MS <= ms]:
             del self._admitted[day]
+            self._answers.clear()  # the day starts afresh if an event of it comes
 
     def snapshot(self) -> "SlicerSnapshot":
         names = self._names
