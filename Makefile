@@ -92,5 +92,5 @@ bench: install up ## benchmarks: ingest RPC shapes, dataflow throughput (on time
 	@$(STACK_ENV) && $(BIN)/python -m benchmarks.bench_flow -n $${BENCH_FLOW_EVENTS:-1000000}
 	@$(BIN)/python -m benchmarks.bench_dedup -n $${BENCH_DEDUP_IDS:-5000000}
 	@$(STACK_ENV) && $(BIN)/python -m benchmarks.bench_sink -n $${BENCH_SINK_ROWS:-200000}
-	@$(STACK_ENV) && $(BIN)/python -m benchmarks.bench_cardinality --keys $${BENCH_KEYS:-100,10000,100000}
+	@$(STACK_ENV) && $(BIN)/python -m benchmarks.bench_cardinality --keys $${BENCH_KEYS:-100,10000,100000,1000000}
 	@$(STACK_ENV) && $(BIN)/python -m benchmarks.bench_tracing -n $${BENCH_EVENTS:-100000}
