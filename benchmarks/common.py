@@ -181,6 +181,7 @@ def run_flow(
             "PULSE_TOPIC_NOTIFICATIONS": topics["notifications"],
             "PULSE_TAIL": "false",
             "PULSE_API_PORT": str(free_port()),
+            "PULSE_MAX_CAMPAIGNS_PER_DAY": "0",  # every event counted: nothing shed
             **(extra_env or {}),
         }
         started = time.perf_counter()
