@@ -32,10 +32,20 @@ def stack() -> tuple[str, str]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free on every address, below the kernel's ephemeral range (32768 and up):
+    a port from that range can be taken by an outgoing connection between this check
+    and the server's bind (a dataflow then lost its API port to a Kafka client)."""
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(20_000, 32_768)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))  # noqa: S104 (the dataflow's API binds it)
+            except OSError:
+                continue
+            return port
+    msg = "no free port in 20000-32767"
+    raise RuntimeError(msg)
 
 
 def fresh_topics(bootstrap: str, partitions: int = 4) -> dict[str, str]:
