@@ -8,6 +8,7 @@ Run with `pulse flow`, or as a Bytewax cluster:
 import atexit
 import logging
 import os
+import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -108,9 +109,21 @@ def get_flow() -> Dataflow:
 
 
 def enable_api(s: FlowSettings) -> None:
-    """Bytewax serves /metrics (ours included) and /dataflow on the API port."""
+    """Bytewax serves /metrics (ours included) and /dataflow on the API port.
+
+    Bytewax binds it on all addresses from a thread whose failure leaves the dataflow
+    running without metrics; a port already taken stops the process here instead.
+    """
     os.environ.setdefault("BYTEWAX_DATAFLOW_API_ENABLED", "1")
     os.environ.setdefault("BYTEWAX_DATAFLOW_API_PORT", str(s.api_port))
+    port = int(os.environ["BYTEWAX_DATAFLOW_API_PORT"])
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))  # noqa: S104 (where Bytewax binds it)
+        except OSError as exc:
+            msg = f"PULSE_API_PORT {port} cannot be bound: {exc.strerror}"
+            raise ConfigError(msg) from None
 
 
 def recovery(s: FlowSettings) -> RecoveryConfig | None:

@@ -431,3 +431,24 @@ def test_the_deployable_flow_builds_from_settings_alone() -> None:
 
     flow = get_flow()
     assert flow.flow_id == "pulse_aggregate"
+
+
+def test_a_taken_api_port_stops_the_dataflow_with_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bytewax would lose the port in a thread and run on without /metrics."""
+    import socket
+
+    from flows.main import enable_api
+    from pulse.errors import ConfigError
+    from pulse.settings import FlowSettings
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # Set here so that the test leaves the environment as it found it.
+        monkeypatch.setenv("BYTEWAX_DATAFLOW_API_ENABLED", "1")
+        monkeypatch.setenv("BYTEWAX_DATAFLOW_API_PORT", str(port))
+        with pytest.raises(ConfigError, match=f"PULSE_API_PORT {port} cannot be bound"):
+            enable_api(FlowSettings())
