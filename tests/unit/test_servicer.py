@@ -89,6 +89,10 @@ class FixedReader(MetricsReader):
         yield MetricPointRow(
             query.campaign_id, "view", query.start_ms + 60_000, 0, 0.0, late_events=1, closed=True
         )
+        if query.dimension_set is not None:  # a slice carries its values
+            yield MetricPointRow(
+                query.campaign_id, "click", query.start_ms, 1, 0.5, dimensions=query.dimensions
+            )
 
 
 def with_server(
@@ -333,3 +337,38 @@ def test_a_failing_metrics_store_is_unavailable_without_leaking_details() -> Non
         assert info.value.details() == "the metrics store is unavailable"
 
     with_server(producer, reader, test)
+
+
+def test_query_metrics_passes_dimension_slices_and_refuses_bad_ones() -> None:
+    producer, reader = RecordingProducer(), FixedReader()
+
+    async def test(target: str) -> None:
+        async with PulseClient(target) as client:
+            points = await client.query(
+                pb.MetricsRequest(
+                    campaign_id="c1",
+                    start_ms=NOW,
+                    end_ms=NOW + 600_000,
+                    group_by="device, country",
+                    dimensions={"country": "DE"},
+                )
+            )
+            assert dict(points[-1].dimensions) == {"country": "DE"}
+            assert all(not p.dimensions for p in points[:-1])
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.query(
+                    pb.MetricsRequest(
+                        campaign_id="c1",
+                        start_ms=NOW,
+                        end_ms=NOW + 1,
+                        dimensions={"country": "DE"},
+                    )
+                )
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "needs group_by" in (info.value.details() or "")
+
+    with_server(producer, reader, test)
+    assert (reader.queries[0].dimension_set, reader.queries[0].dimensions) == (
+        "country,device",
+        (("country", "DE"),),
+    )
