@@ -193,42 +193,39 @@ class Decoder:
         return heartbeat_record(beat.wall_time_ms, msg.offset() or 0)
 
 
-def late_record(late: LateEvent, topic: str, source_topic: str) -> SideRecord:
-    """The late-event record: original bytes, with the watermark it missed in headers."""
+def _aside(
+    topic: str, campaign_id: str, raw: bytes, error: str, source: tuple[str, int, int]
+) -> SideRecord:
+    """A counted-nowhere event's record: its original bytes, why in `pulse.error`, and
+    where it came from `(topic, partition, offset)`."""
+    source_topic, partition, offset = source
     return SideRecord(
         topic=topic,
-        key=late.campaign_id.encode(),
-        value=late.raw,
-        headers=(
-            (
-                "pulse.error",
-                f"late: event time {late.timestamp_ms} ms is in window "
-                f"{late.bucket_start_ms} ms, closed by watermark {late.watermark_ms} ms".encode(),
-            ),
-            source_header(source_topic, late.partition, late.offset),
-        ),
+        key=campaign_id.encode(),
+        value=raw,
+        headers=(("pulse.error", error.encode()), source_header(*source)),
         source_topic=source_topic,
-        source_partition=late.partition,
-        source_offset=late.offset,
+        source_partition=partition,
+        source_offset=offset,
     )
+
+
+def late_record(late: LateEvent, topic: str, source_topic: str) -> SideRecord:
+    """The late-event record: original bytes, with the watermark it missed in headers."""
+    error = (
+        f"late: event time {late.timestamp_ms} ms is in window {late.bucket_start_ms} ms, "
+        f"closed by watermark {late.watermark_ms} ms"
+    )
+    source = (source_topic, late.partition, late.offset)
+    return _aside(topic, late.campaign_id, late.raw, error, source)
 
 
 def shed_record(shed: ShedEvent, topic: str, source_topic: str, limit: int) -> SideRecord:
     """The shed-event record: original bytes, with why it was not aggregated in headers."""
     day = time.strftime("%Y-%m-%d", time.gmtime(shed.day_start_ms / 1000))
-    return SideRecord(
-        topic=topic,
-        key=shed.campaign_id.encode(),
-        value=shed.raw,
-        headers=(
-            (
-                "pulse.error",
-                f"shed: partition {shed.partition} already aggregates {limit} campaigns "
-                f"on {day} (PULSE_MAX_CAMPAIGNS_PER_DAY)".encode(),
-            ),
-            source_header(source_topic, shed.partition, shed.offset),
-        ),
-        source_topic=source_topic,
-        source_partition=shed.partition,
-        source_offset=shed.offset,
+    error = (
+        f"shed: partition {shed.partition} already aggregates {limit} campaigns on {day} "
+        "(PULSE_MAX_CAMPAIGNS_PER_DAY)"
     )
+    source = (source_topic, shed.partition, shed.offset)
+    return _aside(topic, shed.campaign_id, shed.raw, error, source)

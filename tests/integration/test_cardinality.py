@@ -7,13 +7,12 @@ from typing import Any
 
 import psycopg
 from bytewax.testing import TestingSink, TestingSource, run_main
-from confluent_kafka import Message
 
 from flows.aggregate import FlowConfig, build_flow
-from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.dimensions import GroupBy
 from sinks.timescale_writer import TimescaleSink
 from tests.reference import Ev, minute_of, slices_reference, windows_reference
+from tests.unit.test_flow import to_message
 
 MINUTE = 60_000
 HOUR = 3_600_000
@@ -47,23 +46,6 @@ def stream(prefix: str) -> list[Ev]:
     return out
 
 
-def message(e: Ev) -> Message:
-    if e.heartbeat is not None:
-        raw = pb.Heartbeat(wall_time_ms=e.heartbeat, source="test").SerializeToString()
-        key = b""
-    else:
-        raw = pb.RawEvent(
-            campaign_id=e.campaign,
-            event_type=e.event_type,
-            timestamp=e.ts,
-            value=e.value,
-            event_id=f"e{e.partition}-{e.offset}",
-            dimensions={"user_id": e.user, **dict(e.dims)},
-        ).SerializeToString()
-        key = e.campaign.encode()
-    return Message(key=key, value=raw, topic="events.raw", partition=e.partition, offset=e.offset)
-
-
 def test_a_hundred_thousand_campaigns_are_exact(database: str) -> None:
     prefix = f"card{random.randrange(10**9)}-"
     records = stream(prefix)
@@ -87,7 +69,7 @@ def test_a_hundred_thousand_campaigns_are_exact(database: str) -> None:
     flow = build_flow(
         "test_cardinality",
         config,
-        TestingSource([message(e) for e in records], 2000),
+        TestingSource([to_message(e) for e in records], 2000),
         store_sink=TimescaleSink(database, "events.raw"),
         side_sink=TestingSink(side),
         notification_sink=TestingSink([]),

@@ -16,12 +16,12 @@ from confluent_kafka import Message
 
 from flows import metrics
 from flows.aggregate import FlowConfig, build_flow
-from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.dimensions import OTHER, GroupBy
 from pulse.query import MetricsQuery
 from sinks.timescale_reader import TimescaleMetricsReader
 from sinks.timescale_writer import StoreItem, TimescaleSink
 from tests.reference import Ev, minute_of, slices_reference, windows_reference
+from tests.unit.test_flow import to_message
 
 MINUTE = 60_000
 HOUR = 3_600_000
@@ -103,23 +103,6 @@ def stream(prefix: str, seed: int, n: int) -> list[Ev]:
     return out
 
 
-def message(e: Ev) -> Message:
-    if e.heartbeat is not None:
-        raw = pb.Heartbeat(wall_time_ms=e.heartbeat, source="test").SerializeToString()
-        key = b""
-    else:
-        raw = pb.RawEvent(
-            campaign_id=e.campaign,
-            event_type=e.event_type,
-            timestamp=e.ts,
-            value=e.value,
-            event_id=f"e{e.partition}-{e.offset}",
-            dimensions={"user_id": e.user, **dict(e.dims)},
-        ).SerializeToString()
-        key = e.campaign.encode()
-    return Message(key=key, value=raw, topic="events.raw", partition=e.partition, offset=e.offset)
-
-
 def run_with_crashes(dsn: str, items: list[Message], tmp_path: Path) -> int:
     config = FlowConfig(
         window_ms=MINUTE,
@@ -161,7 +144,7 @@ def test_slices_add_up_to_the_totals_exactly_across_crashes(database: str, tmp_p
     expected = slices_reference(counted, MINUTE, SETS, MAX_VALUES)
     overflow_before = metrics.DIMENSION_OVERFLOW.labels("country")._value.get()
 
-    assert run_with_crashes(database, [message(e) for e in records], tmp_path) == 2
+    assert run_with_crashes(database, [to_message(e) for e in records], tmp_path) == 2
 
     like = f"{prefix}%"
     with psycopg.connect(database) as conn:

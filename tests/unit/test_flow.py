@@ -49,7 +49,7 @@ def event_message(e: Ev) -> Message:
         timestamp=e.ts,
         value=e.value,
         event_id=e.event_id or f"e{e.partition}-{e.offset}",
-        dimensions={"user_id": e.user} if e.user else {},
+        dimensions={**({"user_id": e.user} if e.user else {}), **dict(e.dims)},
     ).SerializeToString()
     return Message(
         key=e.campaign.encode(),
