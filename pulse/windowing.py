@@ -15,6 +15,10 @@ partition saw within the dedup horizon (`pulse.dedup`). A late event whose windo
 closed within the correction horizon becomes a `Correction` of that window; the hour
 and day accumulators still held here take it at once, the store merges it into the
 stored rows. Older late events are routed aside.
+
+With a campaign limit, events of campaigns past it are shed first (`pulse.shedding`);
+with dimension sets, every counted event also joins a slice per set, keyed like its
+campaign window (`pulse.dimensions`), so slices close and correct with it.
 """
 
 import dataclasses
