@@ -156,20 +156,6 @@ def test_migrate_is_idempotent_and_makes_the_hypertables(database: str) -> None:
     ]
 
 
-def test_rewritten_tables_leave_room_for_hot_updates(database: str) -> None:
-    tables = [
-        "event_metrics",
-        "event_metrics_by_dimensions",
-        "event_sketch_rollups",
-        "event_sketch_rollups_by_dimensions",
-    ]
-    assert fetch(
-        database,
-        "SELECT relname, reloptions FROM pg_class WHERE relname = ANY(%s) ORDER BY 1",
-        tables,
-    ) == [(name, ["fillfactor=50"]) for name in tables]
-
-
 def test_migrations_upgrade_existing_rows_and_chunks(stack: Stack) -> None:
     """Rows written under 001 keep their values and become open, uncorrected rows of their
     count."""
@@ -196,7 +182,6 @@ def test_migrations_upgrade_existing_rows_and_chunks(stack: Stack) -> None:
             "002_analytics.sql",
             "003_corrections.sql",
             "004_dimensions.sql",
-            "005_fillfactor.sql",
         ]
         assert stored(dsn, "old") == [
             ("click", at(T0), 4, 2.0, None, None, 0.5, 0, *(None,) * 5, 0, False, 8, None, None)
