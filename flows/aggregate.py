@@ -64,7 +64,8 @@ class FlowConfig:
     late_topic: str
     dlq_topic: str
     rules: tuple[Rule, ...] = ()
-    refresh_ms: float = 0  # rows of open windows and rollups at most this often (0: always)
+    refresh_ms: float = 0  # rows of open windows at most this often (0: every batch)
+    rollup_refresh_ms: float = 0  # rows of open hours and days at most this often
     correction_ms: int = 0  # late events of windows closed this recently correct them
     dedup_s: int = 0  # retries of an event id seen this recently are dropped (0: no dedup)
     group_by: GroupBy = NO_GROUPS  # dimension sets aggregated beside campaigns
@@ -94,6 +95,7 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem | ShedEvent, Par
                 config.idle_ms,
                 self._alerts,
                 refresh_ms=config.refresh_ms,
+                rollup_refresh_ms=config.rollup_refresh_ms,
                 correction_ms=config.correction_ms,
                 dedup_s=config.dedup_s,
                 group_by=config.group_by,
@@ -120,6 +122,7 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem | ShedEvent, Par
                 config.idle_ms,
                 self._alerts(None),
                 refresh_ms=config.refresh_ms,
+                rollup_refresh_ms=config.rollup_refresh_ms,
                 correction_ms=config.correction_ms,
                 dedup_s=config.dedup_s,
                 group_by=config.group_by,

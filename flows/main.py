@@ -60,6 +60,7 @@ def flow_from_settings(s: FlowSettings, tracer: Tracer | None = None) -> Dataflo
         dlq_topic=s.topic_dlq,
         rules=_rules(s),
         refresh_ms=s.refresh_interval_seconds * 1000,
+        rollup_refresh_ms=s.rollup_refresh_interval_seconds * 1000,
         correction_ms=s.correction_horizon_ms,
         dedup_s=s.dedup_horizon_seconds,
         group_by=s.dimension_sets,

@@ -8,6 +8,7 @@ estimate (and the merged sketch) as a `RollupRow`.
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 import datasketches as ds
 
@@ -29,8 +30,7 @@ class Resolution(StrEnum):
 ROLLUP_MS = {Resolution.HOUR: HOUR_MS, Resolution.DAY: DAY_MS}
 
 
-@dataclass(frozen=True, slots=True)
-class RollupRow:
+class RollupRow(NamedTuple):
     """Merged sketch columns of one hour or day; `event_count` (merged events) only grows."""
 
     resolution: Resolution

@@ -132,6 +132,12 @@ class FlowSettings(CommonSettings):
     refresh_interval_seconds: float = Field(
         1.0, ge=0, description="how often rows of still-open windows are refreshed"
     )
+    rollup_refresh_interval_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="how often hour and day rollup rows of still-open hours and days are "
+        "refreshed (final rows are written when they close)",
+    )
     alert_rules: str = Field("", description="path of the alert rules file (TOML); empty: none")
     recovery_dir: str = Field("", description="Bytewax recovery store; empty: no recovery")
     recovery_partitions: int = Field(1, ge=1, le=1024, description="recovery store partitions")

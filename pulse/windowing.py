@@ -111,6 +111,8 @@ class PartitionWindows:
     `dedup_s` the dedup horizon in seconds (0: no dedup), `group_by` the dimension sets
     whose slices are aggregated beside each campaign (`pulse.dimensions`),
     `max_campaigns` the campaigns aggregated per UTC day (0: no limit; `pulse.shedding`).
+    Rows of open windows are refreshed at most every `refresh_ms`, rows of open hours
+    and days at most every `rollup_refresh_ms` (each `now_ms` of `apply`).
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class PartitionWindows:
         alerts: AlertEvaluator | None = None,
         *,
         refresh_ms: float = 0,
+        rollup_refresh_ms: float = 0,
         correction_ms: int = 0,
         dedup_s: int = 0,
         group_by: GroupBy = NO_GROUPS,
@@ -142,6 +145,10 @@ class PartitionWindows:
         self._corrections: dict[WindowKey, list[Correction]] = {}
         self._refresh_ms = refresh_ms
         self._refreshed_at = float("-inf")
+        # An open hour or day changes with every window of it that closes: at many keys
+        # its rows, rewritten as often as those of windows, would outnumber them.
+        self._rollup_refresh_ms = rollup_refresh_ms
+        self._rollups_refreshed_at = float("-inf")
         # Open windows changed since their rows were last emitted.
         self._pending: dict[tuple[str, str, int], WindowAggregate] = {}
         self._window_ms = window_ms
@@ -230,9 +237,10 @@ class PartitionWindows:
     def apply(self, chunk: PartitionChunk, now_ms: float = 0) -> StepOutput:
         """Merge one pre-aggregated batch; close what its watermarks passed.
 
-        Closed windows always yield their final rows. Rows of open windows and of
-        rollups, which only show progress, are refreshed at most every `refresh_ms`
-        of `now_ms` (a monotonic clock of the caller's; it never affects results).
+        Closed windows and expired hours and days always yield their final rows. Rows of
+        open windows and of open hours and days, which only show progress, are refreshed
+        at most every `refresh_ms` and `rollup_refresh_ms` of `now_ms` (a monotonic clock
+        of the caller's; it never affects results).
         """
         out = StepOutput()
         corrected: dict[WindowKey, list[_LatePart]] = {}
@@ -275,9 +283,11 @@ class PartitionWindows:
             out.overflow = self._slicer.take_overflow()
         if now_ms - self._refreshed_at >= self._refresh_ms:
             out.rows += self.take_progress_rows()
-            out.rollups += self._rollups.take_rows()
             out.corrections = self.take_corrections()
             self._refreshed_at = now_ms
+        if now_ms - self._rollups_refreshed_at >= self._rollup_refresh_ms:
+            out.rollups += self._rollups.take_rows()
+            self._rollups_refreshed_at = now_ms
         return out
 
     def take_corrections(self) -> list[Correction]:
@@ -464,6 +474,7 @@ class PartitionWindows:
         make_alerts: Callable[[Any], AlertEvaluator | None] = lambda _snapshot: None,
         *,
         refresh_ms: float = 0,
+        rollup_refresh_ms: float = 0,
         correction_ms: int = 0,
         dedup_s: int = 0,
         group_by: GroupBy = NO_GROUPS,
@@ -478,6 +489,7 @@ class PartitionWindows:
             idle_ms,
             alerts,
             refresh_ms=refresh_ms,
+            rollup_refresh_ms=rollup_refresh_ms,
             correction_ms=correction_ms,
             dedup_s=dedup_s,
             group_by=group_by,

@@ -68,6 +68,7 @@ class Pipeline:
             "PULSE_METRICS_PORT": str(free_port()),
             "PULSE_API_PORT": str(free_port()),
             "PULSE_KAFKA_BATCH_SIZE": "500",
+            "PULSE_ROLLUP_REFRESH_INTERVAL_SECONDS": "1",
             **(extra_env or {}),
         }
         # One variable, one port per process: each process gets its own free port,

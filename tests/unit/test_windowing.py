@@ -7,6 +7,7 @@ import pytest
 
 from pulse.aggregation import MetricRow
 from pulse.preagg import NO_TIME, PartitionChunk, Record, heartbeat_record, preaggregate
+from pulse.rollups import HOUR_MS
 from pulse.windowing import PartitionWindows, StepOutput
 from tests.reference import Bucket, Ev, windows_reference
 
@@ -215,7 +216,7 @@ def test_hourly_rollups_merge_the_closed_windows_of_the_hour() -> None:
 
 
 def test_progress_rows_are_paced_but_closed_rows_are_immediate() -> None:
-    state = PartitionWindows(0, MINUTE, LATENESS, IDLE, refresh_ms=1000)
+    state = PartitionWindows(0, MINUTE, LATENESS, IDLE, refresh_ms=1000, rollup_refresh_ms=10_000)
     first = state.apply(one(("c", "view", T0 + 1, 1.0, "", 0, b"a", ())), now_ms=5_000)
     assert [(r.event_count, r.closed) for r in first.rows] == [(1, False)]
     # Within the refresh interval: progress is held back...
@@ -229,8 +230,18 @@ def test_progress_rows_are_paced_but_closed_rows_are_immediate() -> None:
     assert [(r.bucket_start_ms, r.event_count, r.closed) for r in later.rows] == [
         (T0 + MINUTE, 2, False)
     ]
-    assert sorted(r.resolution.value for r in later.rollups) == ["day", "hour"]
+    # Open hours and days on their own, slower pace.
+    assert later.rollups == []
+    paced = state.apply(one(("c", "view", T0 + MINUTE + 12_000, 1.0, "", 4, b"e", ())), 15_000)
+    assert sorted((r.resolution.value, r.event_count) for r in paced.rollups) == [
+        ("day", 2),
+        ("hour", 2),
+    ]
     assert state.take_progress_rows() == []
+    # An hour whose end the watermark passes yields its final row at once.
+    next_hour = T0 - T0 % HOUR_MS + HOUR_MS
+    final = state.apply(one(("c", "view", next_hour + LATENESS, 1.0, "", 5, b"f", ())), 15_100)
+    assert [(r.resolution.value, r.event_count) for r in final.rollups] == [("hour", 5)]
 
 
 def test_max_watermark_is_the_most_advanced_campaign_watermark() -> None:
