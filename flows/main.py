@@ -31,7 +31,7 @@ from sinks.timescale_writer import TimescaleSink
 from . import metrics
 from .aggregate import FlowConfig, build_flow
 from .kafka_source import MessageKafkaSource
-from .memory import map_large_arrays
+from .memory import collect_less, map_large_arrays
 from .metered_sink import MeteredSink
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def _rules(s: FlowSettings) -> tuple[Rule, ...]:
 
 def flow_from_settings(s: FlowSettings, tracer: Tracer | None = None) -> Dataflow:
     map_large_arrays()  # freed id-memory arrays leave the resident set
+    collect_less()  # the state is millions of small containers the collector traverses
     brokers = s.kafka_bootstrap.split(",")
     source = MessageKafkaSource(
         brokers,
