@@ -6,10 +6,11 @@ rollups (`event_sketch_rollups`), late corrections (merged into stored window an
 rows, `sinks/timescale_corrections.py`), alert transitions (`alerts`) and, when tracing,
 `SpanMark`s of the dataflow's processing spans (no SQL: the batch's write span links to
 them). Each batch is written in one transaction of a few statements, one per kind (two
-reads and two writes for corrections). Window rows, the most numerous, go by binary COPY
-into a staging table and one merge (`sinks/timescale_metrics.py`); the other kinds are
-each a single round trip over `unnest()`ed array parameters, sent in binary (the text
-format escapes every array element, which cost more than the writes themselves).
+reads and two writes for corrections). Window and rollup rows, the most numerous, go by
+binary COPY into a staging table and one merge (`sinks/timescale_metrics.py`,
+`sinks/timescale_rollups.py`); the other kinds are each a single round trip over
+`unnest()`ed array parameters, sent in binary (the text format escapes every array
+element, which cost more than the writes themselves).
 
 Every statement is idempotent, so a replay after a crash (or a retry after a commit
 whose acknowledgement was lost) changes nothing:
@@ -25,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -40,9 +41,10 @@ from pulse.errors import SinkError
 from pulse.rollups import RollupRow
 from pulse.timeutil import ms_to_datetime
 from sinks.otel import SpanMark
-from sinks.tables import SLICES, TOTALS, Tables, key_columns
+from sinks.tables import SLICES, TOTALS, Tables
 from sinks.timescale_corrections import apply_corrections
 from sinks.timescale_metrics import write_metrics
+from sinks.timescale_rollups import write_rollups
 
 log = logging.getLogger(__name__)
 
@@ -83,28 +85,6 @@ ON CONFLICT (campaign_id, event_type, bucket) DO UPDATE
 SET late_events = event_metrics.late_events + excluded.late_events,
     updated_at = now()
 """
-
-ROLLUPS_SQL = """
-INSERT INTO {rollups} (
-    resolution, bucket, campaign_id, event_type, event_count, unique_users, value_p50,
-    value_p95, value_p99, users_sketch, values_sketch{cols}
-)
-SELECT * FROM unnest(
-    %b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],
-    %b::float8[], %b::float8[], %b::float8[], %b::bytea[], %b::bytea[]{arrays}
-)
-ON CONFLICT (resolution, campaign_id, event_type, bucket{cols}) DO UPDATE
-SET event_count = excluded.event_count,
-    unique_users = excluded.unique_users,
-    value_p50 = excluded.value_p50,
-    value_p95 = excluded.value_p95,
-    value_p99 = excluded.value_p99,
-    users_sketch = excluded.users_sketch,
-    values_sketch = excluded.values_sketch,
-    updated_at = now()
-WHERE {rollups}.event_count < excluded.event_count
-"""
-ROLLUPS = {tables: tables.compose(ROLLUPS_SQL) for tables in (TOTALS, SLICES)}
 
 ALERTS_SQL = """
 INSERT INTO alerts (
@@ -183,27 +163,6 @@ def _late_params(events: Sequence[LateEvent], topic: str) -> dict[str, object]:
     }
 
 
-def _rollups_params(rows: Sequence[RollupRow], tables: Tables) -> tuple[list[Any], ...]:
-    event_types: list[Any] = [r.event_type for r in rows]
-    slices: list[list[Any]] = []
-    if tables.sliced:
-        event_types, *slices = key_columns(event_types)
-    return (
-        [str(r.resolution) for r in rows],
-        [ms_to_datetime(r.bucket_start_ms) for r in rows],
-        [r.campaign_id for r in rows],
-        event_types,
-        [r.event_count for r in rows],
-        [r.unique_users for r in rows],
-        [r.value_p50 for r in rows],
-        [r.value_p95 for r in rows],
-        [r.value_p99 for r in rows],
-        [r.users_sketch for r in rows],
-        [r.values_sketch for r in rows],
-        *slices,
-    )
-
-
 def _alerts_params(alerts: Sequence[AlertEvent]) -> tuple[list[object], ...]:
     return (
         [a.alert_id for a in alerts],
@@ -222,11 +181,17 @@ def _alerts_params(alerts: Sequence[AlertEvent]) -> tuple[list[object], ...]:
     )
 
 
-# (kind, sql, params, rows); window rows and corrections have no SQL of their own: their
-# params are the rows, copied by `write_metrics`, or the corrections, merged by
-# `apply_corrections`.
-Params = tuple[list[object], ...] | dict[str, object] | list[MetricRow] | list[CorrectionBatch]
-# The SQL, or for window rows the tables `write_metrics` copies them into.
+# (kind, sql, params, rows); window and rollup rows and corrections have no SQL of their
+# own: their params are the rows, copied by `write_metrics` and `write_rollups`, or the
+# corrections, merged by `apply_corrections`.
+Params = (
+    tuple[list[object], ...]
+    | dict[str, object]
+    | list[MetricRow]
+    | list[RollupRow]
+    | list[CorrectionBatch]
+)
+# The SQL, or for window and rollup rows the tables they are copied into.
 Query = str | sql.Composed | Tables
 Statement = tuple[WriteKind, Query, Params, int]
 
@@ -278,8 +243,7 @@ def plan(items: Sequence[StoreItem], source_topic: str) -> list[Statement]:
     if rollups:
         for tables, merged in by_tables(latest_rollups(rollups)):
             kind = "slice_rollups" if tables.sliced else "rollups"
-            params = _rollups_params(merged, tables)
-            statements.append((kind, ROLLUPS[tables], params, len(merged)))
+            statements.append((kind, tables, merged, len(merged)))
     if corrections:
         windows = sum(len(b.corrections) for b in corrections)
         statements.append(("corrections", "", corrections, windows))
@@ -332,7 +296,9 @@ class _Partition(StatelessSinkPartition[StoreItem]):
         conn = self._connection()
         with conn.transaction():
             for kind, query, params, _rows in statements:
-                if isinstance(query, Tables):
+                if kind in {"rollups", "slice_rollups"}:
+                    write_rollups(conn, params, query)  # type: ignore[arg-type]
+                elif isinstance(query, Tables):
                     write_metrics(conn, params, query)  # type: ignore[arg-type]
                 elif kind == "corrections":
                     apply_corrections(conn, params)  # type: ignore[arg-type]
