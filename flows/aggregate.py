@@ -5,8 +5,9 @@
                  v  keyed by Kafka partition
              windows (dedup, pre-aggregation, watermarks, open windows, corrections,
                       rollups, alert rules)
-                 |-> rows, corrections, rollups, late events, alerts -> TimescaleDB sink
-                 |-> late events ---------------------------> side sink (events.late)
+                 |-> rows, corrections, rollups, late events, alerts -> store step
+                 |       (a writer thread with the TimescaleDB sink, `flows/store.py`)
+                 |-> late and shed events --------------------> side sink
                  '-> alerts ---------------------------------> notification sink
 
 With a tracer, each batch of the window step is a span `aggregate partition N` linked to
@@ -26,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow, Stream
+from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
-from bytewax.outputs import Sink
+from bytewax.outputs import DynamicSink, Sink
 from confluent_kafka import Message
 from opentelemetry.trace import Span, Tracer
 
@@ -49,6 +50,7 @@ from sinks.timescale_writer import StoreItem
 
 from . import metrics
 from .records import Decoder, late_record, shed_record
+from .store import StoreStep
 
 log = logging.getLogger(__name__)
 
@@ -228,12 +230,16 @@ def _store_item(item: StoreItem | ShedEvent) -> StoreItem | None:
     return None if isinstance(item, ShedEvent) else item
 
 
+def _nothing(_step: str, _item: object) -> None:
+    return None
+
+
 def build_flow(
     flow_id: str,
     config: FlowConfig,
     source: Source[Message],
     *,
-    store_sink: Sink[StoreItem],
+    store_sink: DynamicSink[StoreItem],
     side_sink: Sink[SideRecord],
     notification_sink: Sink[AlertEvent],
     clock: Callable[[], float] = time.monotonic,
@@ -261,9 +267,12 @@ def build_flow(
     windowed = op.stateful_batch(
         "windows", batches, lambda resume: _PartitionLogic(config, resume, clock, tracer)
     )
+    stored: op.KeyedStream[StoreItem] = op.filter_map_value("store_items", windowed, _store_item)
+    store = StoreStep[StoreItem](store_sink, "timescale_out")
+    written = op.stateful_batch("timescale_out", stored, store.logic)
+    # Emits nothing; as a step's end it makes the dataflow's end wait for the writes.
+    op.inspect("stored", written, _nothing)
     results = op.map("drop_key", windowed, lambda kv: kv[1])
-    stored: Stream[StoreItem] = op.filter_map("store_items", results, _store_item)
-    op.output("timescale_out", stored, store_sink)
 
     aside = op.filter_map("aside_to_kafka", results, lambda item: _side_record(item, config))
     op.output("side_out", op.merge("side_records", aside, dead), side_sink)
