@@ -49,6 +49,9 @@ class CampaignLimit:
         self._idle_ms = idle_ms
         self._horizon_ms = horizon_ms
         self._days: dict[int, set[str]] = {}
+        # Each day's admitted campaigns as a tuple for snapshots, made again only after
+        # the day admitted another (Bytewax snapshots every epoch; new campaigns are rare).
+        self._frozen: dict[int, tuple[str, ...]] = {}
         self.full: list[int] = []  # days that filled up since the caller last took them
 
     def filter(
@@ -81,6 +84,7 @@ class CampaignLimit:
                 kept.append(record)
             elif len(admitted) < limit:
                 admitted.add(campaign)
+                self._frozen.pop(day, None)
                 checked[campaign] = day
                 kept.append(record)
                 if len(admitted) == limit:
@@ -98,6 +102,7 @@ class CampaignLimit:
     def _forget(self, bound: int) -> None:
         for day in [d for d in self._days if d + DAY_MS <= bound]:
             del self._days[day]
+            self._frozen.pop(day, None)
 
     def take_full(self) -> list[int]:
         out, self.full = self.full, []
@@ -107,7 +112,11 @@ class CampaignLimit:
         return len(self._days.get(day_start_ms, ()))
 
     def snapshot(self) -> LimitSnapshot:
-        return tuple((day, tuple(sorted(c))) for day, c in sorted(self._days.items()))
+        frozen = self._frozen
+        for day, campaigns in self._days.items():
+            if day not in frozen:
+                frozen[day] = tuple(campaigns)
+        return tuple(sorted(frozen.items()))
 
     def restored(self, saved: LimitSnapshot) -> "CampaignLimit":
         """This (new) limit, holding the admitted campaigns of a snapshot."""
