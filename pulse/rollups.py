@@ -28,6 +28,7 @@ class Resolution(StrEnum):
 
 
 ROLLUP_MS = {Resolution.HOUR: HOUR_MS, Resolution.DAY: DAY_MS}
+_RESOLUTIONS = tuple(ROLLUP_MS.items())
 
 
 class RollupRow(NamedTuple):
@@ -70,10 +71,14 @@ class _Accumulator:
         self._frozen = None
         self.count += agg.count
         users, values = agg.exact_users(), agg.exact_values()
-        if users is not None and self._user_tuple is not None:
-            merged = {*self._user_tuple, *users}
-            self._user_tuple = tuple(merged)
-            if len(merged) > WindowAggregate.SMALL:
+        mine = self._user_tuple
+        if users is not None and mine is not None:
+            if len(users) > 1:
+                mine = tuple({*mine, *users})
+            elif users and users[0] not in mine:  # most windows at high cardinality
+                mine += users
+            self._user_tuple = mine
+            if len(mine) > WindowAggregate.SMALL:
                 self._sketched_users()
         else:
             self._sketched_users().update(agg.users)
@@ -206,19 +211,22 @@ class Rollups:
 
     def add(self, closed: list[ClosedWindow]) -> None:
         """Merge closed windows (in close order) into their hour and day."""
-        for window in closed:
-            if not window.agg.count:
+        by_campaign, dirty, unsnapped = self._acc, self._dirty, self._unsnapped
+        for campaign, event_type, start, _end, agg in closed:
+            if not agg.count:
                 continue
-            per_campaign = self._acc.setdefault(window.campaign_id, {})
-            for resolution, length in ROLLUP_MS.items():
-                start = window.start_ms - window.start_ms % length
-                key = (resolution, window.event_type, start)
+            per_campaign = by_campaign.get(campaign)
+            if per_campaign is None:
+                per_campaign = by_campaign[campaign] = {}
+            for resolution, length in _RESOLUTIONS:
+                key = (resolution, event_type, start - start % length)
                 acc = per_campaign.get(key)
                 if acc is None:
                     acc = per_campaign[key] = _Accumulator()
-                acc.add_window(window.agg)
-                self._dirty[(window.campaign_id, *key)] = None
-                self._unsnapped[(window.campaign_id, *key)] = acc
+                acc.add_window(agg)
+                full = (campaign, *key)
+                dirty[full] = None
+                unsnapped[full] = acc
 
     def merge_late(self, resolution: Resolution, bucket_start_ms: int, late: Correction) -> None:
         """Merge late events of a closed window into its hour or day, still held here
