@@ -56,10 +56,17 @@ def add_users(sketch: ds.hll_sketch, users: Iterable[str]) -> None:
             update(user)
 
 
+_FEW_VALUES = 32  # up to this many, a call per value beats converting them to an array
+
+
 def add_values(sketch: ds.kll_doubles_sketch, values: Sequence[float]) -> None:
-    """Add values in one call (numpy array: one C loop instead of a Python one)."""
-    if values:
+    """Add values: a few one by one, more in one call (a numpy array: one C loop)."""
+    if len(values) > _FEW_VALUES:
         sketch.update(np.asarray(values, dtype=np.float64))
+        return
+    update = sketch.update
+    for value in values:
+        update(value)
 
 
 def distinct(sketch: ds.hll_sketch) -> int:
