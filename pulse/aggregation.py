@@ -151,6 +151,36 @@ class WindowAggregate:
         self._values: sketches.KllSketch | None = None
         self._frozen: FrozenAggregate | None = None  # `freeze()` since the last change
 
+    @classmethod
+    def of(cls, part: Partial) -> "WindowAggregate":
+        """A new window holding one partial (as a new one that merged it, built directly:
+        most windows of a high-cardinality stream are made from a single partial)."""
+        agg = cls.__new__(cls)
+        agg.count = part.count
+        agg.sum_micros = part.sum_micros
+        agg.value_min = part.value_min
+        agg.value_max = part.value_max
+        agg.first_ms = part.first_ms
+        agg.last_ms = part.last_ms
+        agg._frozen = None
+        users = part.users
+        if len(users) == 1:
+            agg._user_tuple = tuple(users) if users[0] else ()
+        else:
+            distinct = set(users)
+            distinct.discard("")  # events without a user
+            agg._user_tuple = tuple(distinct)
+        agg._users = None
+        if len(agg._user_tuple) > cls.SMALL:
+            agg._users = sketches.hll_of(agg._user_tuple)
+            agg._user_tuple = None
+        agg._value_tuple = tuple(part.values)
+        agg._values = None
+        if len(agg._value_tuple) > cls.SMALL:
+            agg._values = sketches.kll_of(agg._value_tuple)
+            agg._value_tuple = None
+        return agg
+
     def merge(self, part: Partial) -> None:
         self._frozen = None
         self.count += part.count
@@ -162,6 +192,15 @@ class WindowAggregate:
         users = self._user_tuple
         if users is None:
             sketches.add_users(self.users, part.users)
+        elif len(part.users) == 1:  # one event: no set to build
+            user = part.users[0]
+            if user and user not in users:
+                users += (user,)
+                if len(users) > self.SMALL:
+                    self._users = sketches.hll_of(users)
+                    self._user_tuple = None
+                else:
+                    self._user_tuple = users
         else:
             merged = {*users, *part.users}
             merged.discard("")  # events without a user

@@ -386,13 +386,7 @@ class PartitionWindows:
                 else:
                     aside(key, part, mark)
                 continue
-            windows = self._open.get(campaign)
-            if windows is None:
-                windows = self._open[campaign] = {}
-            agg = windows.get((event_type, start))
-            if agg is None:
-                agg = windows[(event_type, start)] = WindowAggregate()
-            agg.merge(part)
+            agg = self._fold(campaign, event_type, start, part)
             if not is_series(event_type):
                 out.counted += part.count
             touched[key] = agg
@@ -410,6 +404,18 @@ class PartitionWindows:
         late.sort(key=lambda e: e.offset)
         out.late = late
         return touched
+
+    def _fold(self, campaign: str, event_type: str, start: int, part: Partial) -> WindowAggregate:
+        """Merge an on-time partial into its open window (made of it if new)."""
+        windows = self._open.get(campaign)
+        if windows is None:
+            windows = self._open[campaign] = {}
+        agg = windows.get((event_type, start))
+        if agg is None:
+            agg = windows[(event_type, start)] = WindowAggregate.of(part)
+        else:
+            agg.merge(part)
+        return agg
 
     def _close(self, campaigns: list[str]) -> list[ClosedWindow]:
         window_ms = self._window_ms

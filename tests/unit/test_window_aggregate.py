@@ -111,3 +111,25 @@ def test_a_frozen_copy_is_made_once_per_change() -> None:
         (2.5, 4.0),
         {"u1", "u2"},
     )
+
+
+def test_a_window_made_of_its_first_partial_equals_one_that_merged_it() -> None:
+    rng = random.Random(8)
+    cases = [
+        Partial.of([(T0, 2.5, "u", 0, b"")]),
+        Partial.of([(T0, 2.5, "", 0, b"")]),
+        Partial.of([(T0 + k, k / 4, f"u{k % 3}", k, b"") for k in range(7)]),
+        Partial.of([(T0 + k, k / 4, f"u{k}", k, b"") for k in range(WindowAggregate.SMALL + 5)]),
+        *partials(rng, 300, 50),
+    ]
+    for part in cases:
+        merged = WindowAggregate()
+        merged.merge(part)
+        made = WindowAggregate.of(part)
+        assert made.row("c", "t", T0, closed=True) == merged.row("c", "t", T0, closed=True)
+        assert made.freeze() == merged.freeze()
+        # Both go on alike: another partial, exact or past SMALL.
+        more = cases[3]
+        made.merge(more)
+        merged.merge(more)
+        assert made.row("c", "t", T0, closed=True) == merged.row("c", "t", T0, closed=True)
