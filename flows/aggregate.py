@@ -75,7 +75,12 @@ class FlowConfig:
     shed_topic: str = "events.shed"  # where events past `max_campaigns` go
 
 
-class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem | ShedEvent, PartitionSnapshot]):
+# What the window step emits: one list per activation (not an item per row), so the
+# steps after it pay Bytewax's per-item cost per batch.
+Emitted = list[StoreItem | ShedEvent]
+
+
+class _PartitionLogic(StatefulBatchLogic[RecordBatch, Emitted, PartitionSnapshot]):
     """Bytewax shell around the pure `PartitionWindows` of one source partition."""
 
     def __init__(
@@ -114,7 +119,7 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem | ShedEvent, Par
             return AlertEngine(config.rules, config.window_ms)
         return AlertEngine.restore(saved, config.rules, config.window_ms)
 
-    def on_batch(self, values: list[RecordBatch]) -> tuple[Iterable[StoreItem | ShedEvent], bool]:
+    def on_batch(self, values: list[RecordBatch]) -> tuple[Iterable[Emitted], bool]:
         config = self._config
         if self._state is None:
             self._state = PartitionWindows(
@@ -173,7 +178,7 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem | ShedEvent, Par
             span.end()
             if out:  # the sink links its write span to this one
                 out.append(otel.SpanMark.of(span))
-        return out, StatefulBatchLogic.RETAIN
+        return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def _start_span(self, tracer: Tracer, values: list[RecordBatch]) -> Span:
         parents: dict[bytes, None] = {}
@@ -189,17 +194,17 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, StoreItem | ShedEvent, Par
             },
         )
 
-    def on_eof(self) -> tuple[Iterable[StoreItem], bool]:
+    def on_eof(self) -> tuple[Iterable[Emitted], bool]:
         """The input ended (a non-tailing run): write the progress rows still pending."""
         if self._state is None:
             return [], StatefulBatchLogic.RETAIN
-        rows: list[StoreItem] = [*self._state.take_progress_rows()]
+        rows: Emitted = [*self._state.take_progress_rows()]
         rows += self._state.take_rollup_rows()
         corrections = self._state.take_corrections()
         if corrections:
             rows.append(CorrectionBatch(tuple(corrections)))
             metrics.CORRECTED_EVENTS.inc(corrected_events(corrections))
-        return rows, StatefulBatchLogic.RETAIN
+        return ([rows] if rows else []), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> PartitionSnapshot:
         assert self._state is not None  # a snapshot follows at least one batch
@@ -210,24 +215,25 @@ def _is_dead(item: tuple[str, RecordBatch] | SideRecord) -> TypeGuard[SideRecord
     return isinstance(item, SideRecord)
 
 
-def _is_late(item: StoreItem | ShedEvent) -> TypeGuard[LateEvent]:
-    return isinstance(item, LateEvent)
+def _side_records(items: Emitted, config: FlowConfig) -> list[SideRecord]:
+    out = []
+    for item in items:
+        if isinstance(item, LateEvent):
+            out.append(late_record(item, config.late_topic, config.source_topic))
+        elif isinstance(item, ShedEvent):
+            out.append(
+                shed_record(item, config.shed_topic, config.source_topic, config.max_campaigns)
+            )
+    return out
 
 
-def _is_alert(item: StoreItem | ShedEvent) -> TypeGuard[AlertEvent]:
-    return isinstance(item, AlertEvent)
+def _alerts(items: Emitted) -> list[AlertEvent]:
+    return [item for item in items if isinstance(item, AlertEvent)]
 
 
-def _side_record(item: StoreItem | ShedEvent, config: FlowConfig) -> SideRecord | None:
-    if isinstance(item, LateEvent):
-        return late_record(item, config.late_topic, config.source_topic)
-    if isinstance(item, ShedEvent):
-        return shed_record(item, config.shed_topic, config.source_topic, config.max_campaigns)
-    return None
-
-
-def _store_item(item: StoreItem | ShedEvent) -> StoreItem | None:
-    return None if isinstance(item, ShedEvent) else item
+def _store_items(items: Emitted) -> list[StoreItem] | None:
+    kept = [item for item in items if not isinstance(item, ShedEvent)]
+    return kept or None
 
 
 def _nothing(_step: str, _item: object) -> None:
@@ -267,15 +273,15 @@ def build_flow(
     windowed = op.stateful_batch(
         "windows", batches, lambda resume: _PartitionLogic(config, resume, clock, tracer)
     )
-    stored: op.KeyedStream[StoreItem] = op.filter_map_value("store_items", windowed, _store_item)
+    stored = op.filter_map_value("store_items", windowed, _store_items)
     store = StoreStep[StoreItem](store_sink, "timescale_out")
     written = op.stateful_batch("timescale_out", stored, store.logic)
     # Emits nothing; as a step's end it makes the dataflow's end wait for the writes.
     op.inspect("stored", written, _nothing)
     results = op.map("drop_key", windowed, lambda kv: kv[1])
 
-    aside = op.filter_map("aside_to_kafka", results, lambda item: _side_record(item, config))
+    aside = op.flat_map("aside_to_kafka", results, lambda items: _side_records(items, config))
     op.output("side_out", op.merge("side_records", aside, dead), side_sink)
-    alerts = op.filter_map("alerts", results, lambda item: item if _is_alert(item) else None)
+    alerts = op.flat_map("alerts", results, _alerts)
     op.output("notifications_out", alerts, notification_sink)
     return flow

@@ -125,15 +125,16 @@ class PipelinedWriter(Generic[X]):
                 self._cond.notify_all()
 
 
-class _StoreLogic(StatefulBatchLogic[X, None, None]):
-    """One key's (partition's) share of the store step; the writer is the worker's."""
+class _StoreLogic(StatefulBatchLogic[list[X], None, None]):
+    """One key's (partition's) share of the store step; the writer is the worker's.
+    Its items are lists (what one activation of the step before emitted)."""
 
     def __init__(self, writer: PipelinedWriter[X]) -> None:
         self._writer = writer
         writer.attach()
 
-    def on_batch(self, values: list[X]) -> tuple[list[None], bool]:
-        self._writer.submit(values)
+    def on_batch(self, values: list[list[X]]) -> tuple[list[None], bool]:
+        self._writer.submit([item for batch in values for item in batch])
         return [], StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[None], bool]:

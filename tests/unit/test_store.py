@@ -77,7 +77,7 @@ def test_a_snapshot_waits_until_every_queued_item_is_written() -> None:
     logic = step.logic(None)
     part = sink.parts[0]
     part.gate.clear()
-    logic.on_batch([1, 2, 3])
+    logic.on_batch([[1, 2], [3]])
     assert part.entered.wait(10)
     done = threading.Event()
 
@@ -99,8 +99,8 @@ def test_the_keys_of_a_worker_share_one_writer_closed_after_the_last_end() -> No
     step = StoreStep(sink, "store")
     first, second = step.logic(None), step.logic(None)
     assert len(sink.parts) == 1
-    first.on_batch([1])
-    second.on_batch([2])
+    first.on_batch([[1]])
+    second.on_batch([[2]])
     first.on_eof()
     assert sink.parts[0].closed == 0
     second.on_eof()
