@@ -24,6 +24,7 @@ campaign window (`pulse.dimensions`), so slices close and correct with it.
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Protocol
 
 import numpy as np
@@ -50,6 +51,7 @@ _LatePart = tuple[Partial, list[int] | None]
 _NEVER = 2**63  # an offset no event reaches
 OpenWindowEntry = tuple[str, str, int, FrozenAggregate]  # campaign, type, start, aggregate
 NO_GROUPS = GroupBy()
+_CLOSE_ORDER = attrgetter("end_ms", "campaign_id", "event_type")  # closed windows' order
 
 
 class AlertEvaluator(Protocol):
@@ -431,7 +433,7 @@ class PartitionWindows:
                 closed.append(ClosedWindow(campaign, event_type, start, start + window_ms, agg))
             if not windows:
                 del self._open[campaign]
-        closed.sort(key=lambda w: (w.end_ms, w.campaign_id, w.event_type))
+        closed.sort(key=_CLOSE_ORDER)
         return closed
 
     def _forget_campaigns(self) -> None:
