@@ -2,8 +2,11 @@
 
 Additive columns (counts, sums, min, max, late events) roll up in SQL with
 `time_bucket`. Distinct users and quantiles cannot be added, so the dataflow merges each
-closed window's sketches into the hour and the day holding it and emits the merged
-estimate (and the merged sketch) as a `RollupRow`.
+closed window's sketches into the hour holding it, each hour into its day when the hour
+expires, and emits the merged estimates (and the merged sketches) as `RollupRow`s. A
+day's row adds the hours of it still open, so it holds every closed window as before,
+for one merge per window instead of two (at high cardinality most windows hold an event
+or two, and the merges were a large part of the window step).
 """
 
 from dataclasses import dataclass
@@ -29,6 +32,10 @@ class Resolution(StrEnum):
 
 ROLLUP_MS = {Resolution.HOUR: HOUR_MS, Resolution.DAY: DAY_MS}
 _RESOLUTIONS = tuple(ROLLUP_MS.items())
+
+
+def _hours_first(key: tuple["Resolution", str, int]) -> bool:
+    return key[0] is not Resolution.HOUR
 
 
 class RollupRow(NamedTuple):
@@ -94,6 +101,24 @@ class _Accumulator:
         self.count += count
         self._sketched_users().update(users)
         self._sketched_values().merge(values)
+
+    def add_accumulator(self, other: "_Accumulator") -> None:
+        """Merge another accumulator (an hour into its day)."""
+        self._frozen = None
+        self.count += other.count
+        users, values = other._user_tuple, other._value_tuple
+        if users is not None and self._user_tuple is not None:
+            self._user_tuple = tuple({*self._user_tuple, *users})
+            if len(self._user_tuple) > WindowAggregate.SMALL:
+                self._sketched_users()
+        else:
+            self._sketched_users().update(other.users_sketch())
+        if values is not None and self._value_tuple is not None:
+            self._value_tuple += values
+            if len(self._value_tuple) > WindowAggregate.SMALL:
+                self._sketched_values()
+        else:
+            self._sketched_values().merge(other.values_sketch())
 
     def _sketched_users(self) -> ds.hll_union:
         if self._union is None:
@@ -184,18 +209,24 @@ class RollupSnapshot:
     # (campaign, resolution, event type, bucket start, count, users, values): users and
     # values exact (tuples) or as sketch bytes.
     entries: tuple["SnapshotEntry", ...]
+    # Days hold their expired hours (not their windows). Snapshots from before lack the
+    # field: their days hold the windows of the hours still open too.
+    days_of_hours: bool = True
+    legacy_hours: tuple[tuple[str, str, int], ...] = ()  # see `Rollups._legacy`
 
 
 class Rollups:
     """Hour and day accumulators of one partition's campaigns, fed with closed windows.
 
     An accumulator lives until its campaign's watermark passes the bucket's end: until
-    then another window of that hour or day may still close and merge into it. Changed
-    accumulators are remembered until their rows are taken, so a caller may refresh rows
-    less often than windows close; an expiring accumulator always yields its final row.
+    then another window of that hour or day may still close and merge into it. A closed
+    window merges into its hour; an hour merges into its day when it expires (hours
+    expire first), and a day's row merges in its hours still open. Changed accumulators
+    are remembered until their rows are taken, so a caller may refresh rows less often
+    than windows close; an expiring accumulator always yields its final row.
     """
 
-    __slots__ = ("_acc", "_dirty", "_frozen", "_unsnapped")
+    __slots__ = ("_acc", "_dirty", "_frozen", "_legacy", "_unsnapped")
 
     def __init__(self) -> None:
         # campaign -> (resolution, event type, bucket start) -> accumulator
@@ -205,28 +236,43 @@ class Rollups:
         # (as `PartitionWindows` keeps its windows'): a snapshot costs per change.
         self._frozen: dict[tuple[str, Resolution, str, int], SnapshotEntry] = {}
         self._unsnapped: dict[tuple[str, Resolution, str, int], _Accumulator] = {}
+        # Hours restored from a snapshot whose days already held their windows: their
+        # windows (and late events) keep going into the day too, and they are not merged
+        # into it when they expire. (campaign, event type, hour start); gone within hours.
+        self._legacy: set[tuple[str, str, int]] = set()
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._acc.values())
 
     def add(self, closed: list[ClosedWindow]) -> None:
-        """Merge closed windows (in close order) into their hour and day."""
+        """Merge closed windows (in close order) into their hour; their day's row changes."""
         by_campaign, dirty, unsnapped = self._acc, self._dirty, self._unsnapped
+        legacy = self._legacy
         for campaign, event_type, start, _end, agg in closed:
             if not agg.count:
                 continue
             per_campaign = by_campaign.get(campaign)
             if per_campaign is None:
                 per_campaign = by_campaign[campaign] = {}
-            for resolution, length in _RESOLUTIONS:
-                key = (resolution, event_type, start - start % length)
-                acc = per_campaign.get(key)
-                if acc is None:
-                    acc = per_campaign[key] = _Accumulator()
-                acc.add_window(agg)
-                full = (campaign, *key)
-                dirty[full] = None
-                unsnapped[full] = acc
+            hour = start - start % HOUR_MS
+            key = (Resolution.HOUR, event_type, hour)
+            acc = per_campaign.get(key)
+            if acc is None:
+                acc = per_campaign[key] = _Accumulator()
+            acc.add_window(agg)
+            full = (campaign, *key)
+            dirty[full] = None
+            unsnapped[full] = acc
+            day_key = (Resolution.DAY, event_type, start - start % DAY_MS)
+            day = per_campaign.get(day_key)
+            day_full = (campaign, *day_key)
+            if day is None:
+                day = per_campaign[day_key] = _Accumulator()
+                unsnapped[day_full] = day
+            if legacy and (campaign, event_type, hour) in legacy:
+                day.add_window(agg)
+                unsnapped[day_full] = day
+            dirty[day_full] = None
 
     def merge_late(self, resolution: Resolution, bucket_start_ms: int, late: Correction) -> None:
         """Merge late events of a closed window into its hour or day, still held here
@@ -244,12 +290,29 @@ class Rollups:
 
     def take_rows(self) -> list[RollupRow]:
         """Rows of every accumulator changed since the last call."""
-        rows = [
-            _row(res, campaign, event_type, start, self._acc[campaign][(res, event_type, start)])
-            for campaign, res, event_type, start in self._dirty
-        ]
+        rows = [self._row(*key) for key in self._dirty]
         self._dirty.clear()
         return rows
+
+    def _row(self, campaign: str, res: Resolution, event_type: str, start: int) -> RollupRow:
+        """The bucket's row; a day's merges in the hours of it still open."""
+        per_campaign = self._acc[campaign]
+        acc = per_campaign[(res, event_type, start)]
+        if res is Resolution.DAY:
+            hours = [
+                hour
+                for (r, t, s), hour in per_campaign.items()
+                if r is Resolution.HOUR
+                and t == event_type
+                and start <= s < start + DAY_MS
+                and (campaign, t, s) not in self._legacy
+            ]
+            if hours:
+                merged = _Accumulator()
+                for part in (acc, *hours):
+                    merged.add_accumulator(part)
+                acc = merged
+        return _row(res, campaign, event_type, start, acc)
 
     def expire(self, campaign_id: str, watermark_ms: int) -> list[RollupRow]:
         """Forget the campaign's buckets that ended at or before its watermark.
@@ -260,14 +323,25 @@ class Rollups:
         if per_campaign is None:
             return []
         rows = []
-        for key in [k for k in per_campaign if k[2] + ROLLUP_MS[k[0]] <= watermark_ms]:
+        ended = [k for k in per_campaign if k[2] + ROLLUP_MS[k[0]] <= watermark_ms]
+        ended.sort(key=_hours_first)  # a day takes its hours before it ends itself
+        for key in ended:
+            res, event_type, start = key
+            full = (campaign_id, *key)
+            if full in self._dirty:
+                del self._dirty[full]
+                rows.append(self._row(*full))
             acc = per_campaign.pop(key)
-            dirty = (campaign_id, *key)
-            self._frozen.pop(dirty, None)
-            self._unsnapped.pop(dirty, None)
-            if dirty in self._dirty:
-                del self._dirty[dirty]
-                rows.append(_row(key[0], campaign_id, key[1], key[2], acc))
+            self._frozen.pop(full, None)
+            self._unsnapped.pop(full, None)
+            if res is Resolution.HOUR and not self._forget_legacy(campaign_id, event_type, start):
+                # The day's total is unchanged (its row counted the hour as open).
+                day_key = (Resolution.DAY, event_type, start - start % DAY_MS)
+                day = per_campaign.get(day_key)
+                if day is None:
+                    day = per_campaign[day_key] = _Accumulator()
+                day.add_accumulator(acc)
+                self._unsnapped[(campaign_id, *day_key)] = day
         if not per_campaign:
             del self._acc[campaign_id]
         return rows
@@ -280,7 +354,20 @@ class Rollups:
         for key, acc in self._unsnapped.items():
             frozen[key] = (*key, acc.count, *acc.frozen())
         self._unsnapped.clear()
-        return RollupSnapshot(tuple(frozen.values()))
+        return RollupSnapshot(tuple(frozen.values()), legacy_hours=tuple(self._legacy))
+
+    def _forget_legacy(self, campaign: str, event_type: str, start: int) -> bool:
+        """Forget an expired hour's `_legacy` mark; whether it had one."""
+        key = (campaign, event_type, start)
+        if key in self._legacy:
+            self._legacy.discard(key)
+            return True
+        return False
+
+    def feeds_day(self, campaign: str, event_type: str, hour_start: int) -> bool:
+        """Whether the hour, if held, reaches its day when it expires (late events held by
+        it must not go into the day directly)."""
+        return (campaign, event_type, hour_start) not in self._legacy
 
     @classmethod
     def restore(cls, snapshot: RollupSnapshot) -> "Rollups":
@@ -291,6 +378,14 @@ class Rollups:
             rollups._acc.setdefault(campaign, {})[(res, event_type, start)] = acc
             rollups._dirty[(campaign, res, event_type, start)] = None  # rows may be unwritten
             rollups._frozen[(campaign, res, event_type, start)] = entry
+        if getattr(snapshot, "days_of_hours", False):
+            rollups._legacy = set(getattr(snapshot, "legacy_hours", ()))
+        else:  # days of this snapshot hold the windows of their open hours
+            rollups._legacy = {
+                (campaign, event_type, start)
+                for campaign, res, event_type, start, *_ in snapshot.entries
+                if res is Resolution.HOUR
+            }
         return rollups
 
 

@@ -42,7 +42,7 @@ from pulse.corrections import Correction
 from pulse.dedup import IdMemory, IdMemorySnapshot
 from pulse.dimensions import GroupBy, Slicer, SlicerSnapshot, is_series
 from pulse.preagg import NO_TIME, PartitionChunk, Record, RecordBatch, WindowKey, preaggregate
-from pulse.rollups import ROLLUP_MS, RollupRow, Rollups, RollupSnapshot
+from pulse.rollups import ROLLUP_MS, Resolution, RollupRow, Rollups, RollupSnapshot
 from pulse.shedding import CampaignLimit, LimitSnapshot, ShedEvent
 
 # Late events of one window in one chunk, with each event's watermark within the chunk
@@ -325,11 +325,13 @@ class PartitionWindows:
         merge into a bucket are those from some offset on.
         """
         campaign, event_type, start = key
+        hour = start - start % ROLLUP_MS[Resolution.HOUR]
         correction = Correction.of(
             campaign, event_type, start, self.partition, [p for p, _ in parts]
         )
         by_store: list[tuple[str, int, int]] = []
-        for resolution, length in ROLLUP_MS.items():
+        hour_from = _NEVER  # events from this offset on are not held by the hour
+        for resolution, length in ROLLUP_MS.items():  # the hour first
             bucket = start - start % length
             end = bucket + length
             if before >= end:
@@ -345,6 +347,11 @@ class PartitionWindows:
                     default=_NEVER,
                 )
             held = correction if from_offset == _NEVER else correction.before(from_offset)
+            if resolution is Resolution.HOUR:
+                hour_from = from_offset
+            elif held is not None and self._rollups.feeds_day(campaign, event_type, hour):
+                # Those the hour holds reach the day when it expires.
+                held = None if hour_from == _NEVER else held.newer_than(hour_from - 1)
             if held is not None:
                 self._rollups.merge_late(resolution, bucket, held)
             if from_offset != _NEVER:

@@ -334,11 +334,15 @@ class CrashError(Exception):
 
 
 class CrashingSink(DynamicSink[Any]):
-    """Collects items; raises once the list reaches `crash_at` items (a mid-stream crash)."""
+    """Collects items; raises once the list reaches `crash_at` items (a mid-stream crash),
+    at the first batch from then on that holds an item of type `crash_on` if given."""
 
-    def __init__(self, items: list[Any], crash_at: int | None) -> None:
+    def __init__(
+        self, items: list[Any], crash_at: int | None, crash_on: type | None = None
+    ) -> None:
         self._items = items
         self._crash_at = crash_at
+        self._crash_on = crash_on
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> Any:
         sink = self
@@ -346,7 +350,9 @@ class CrashingSink(DynamicSink[Any]):
         class _Part(StatelessSinkPartition[Any]):
             def write_batch(self, items: list[Any]) -> None:
                 sink._items.extend(items)
-                if sink._crash_at is not None and len(sink._items) >= sink._crash_at:
+                if sink._crash_at is None or len(sink._items) < sink._crash_at:
+                    return
+                if sink._crash_on is None or any(isinstance(i, sink._crash_on) for i in items):
                     raise CrashError
 
         return _Part()

@@ -304,7 +304,9 @@ def test_corrections_resume_exactly_after_crashes(
             "test_flow",
             dataclasses.replace(FLOW, refresh_ms=refresh_ms),
             TestingSource(items, 25),
-            store_sink=CrashingSink(out.store, crash_at),
+            # The crash takes down a batch holding corrections (written, not committed):
+            # the replay emits them again.
+            store_sink=CrashingSink(out.store, crash_at, crash_on=CorrectionBatch),
             side_sink=TestingSink(out.side),
             notification_sink=TestingSink(out.notifications),
         )

@@ -1,10 +1,11 @@
 """Rollup accumulators: exact while few, sketches beyond; the rows agree with a reference."""
 
+import pickle
 import random
 
 from pulse import sketches
 from pulse.aggregation import ClosedWindow, Partial, WindowAggregate
-from pulse.rollups import HOUR_MS, Resolution, RollupRow, Rollups
+from pulse.rollups import HOUR_MS, Resolution, RollupRow, Rollups, RollupSnapshot
 
 T0 = 1_764_000_000_000 - 1_764_000_000_000 % 86_400_000  # a day's start
 MINUTE = 60_000
@@ -94,5 +95,56 @@ def test_a_snapshot_after_a_change_holds_the_change() -> None:
     before = {(e[1], e[4]) for e in rollups.snapshot().entries}
     rollups.add([window(rng, 1, 3, sketched=False)[0]])
     after = {(e[1], e[4]) for e in rollups.snapshot().entries}
-    assert before == {(Resolution.HOUR, 2), (Resolution.DAY, 2)}
-    assert after == {(Resolution.HOUR, 5), (Resolution.DAY, 5)}
+    # A day holds its hours once they expire; until then its row merges them in.
+    assert before == {(Resolution.HOUR, 2), (Resolution.DAY, 0)}
+    assert after == {(Resolution.HOUR, 5), (Resolution.DAY, 0)}
+    assert {r.resolution: r.event_count for r in rollups.take_rows()} == {
+        Resolution.HOUR: 5,
+        Resolution.DAY: 5,
+    }
+    rollups.expire("c", T0 + HOUR_MS)
+    assert {(e[1], e[4]) for e in rollups.snapshot().entries} == {(Resolution.DAY, 5)}
+
+
+def test_days_hold_their_hours_and_rows_count_every_window_once() -> None:
+    """Windows over three hours of a day: at every step the day's row counts each window
+    once, whether its hour is open or has expired into the day."""
+    rng = random.Random(11)
+    rollups = Rollups()
+    counted = 0
+    users: set[str] = set()
+    for minute in (0, 30, 65, 90, 130):
+        closed, window_users, _values = window(rng, minute, 3, sketched=False)
+        rollups.add([closed])
+        counted += 3
+        users |= window_users
+        rollups.expire("c", T0 + minute * MINUTE)  # hours before this one expire
+        day = rows(rollups)[Resolution.DAY]
+        assert (day.event_count, day.unique_users) == (counted, len(users))
+    rollups.expire("c", T0 + 3 * HOUR_MS)
+    assert {(e[1], e[4]) for e in rollups.snapshot().entries} == {(Resolution.DAY, counted)}
+
+
+def test_a_snapshot_whose_days_held_their_windows_restores_without_counting_twice() -> None:
+    """Snapshots from before days held hours: a day holds the windows of its open hours
+    too. Those hours feed the day window by window after the restore, and are not merged
+    into it again when they expire."""
+    rng = random.Random(12)
+    before = Rollups()
+    for minute in (0, 1):
+        before.add([window(rng, minute, 2, sketched=False)[0]])
+    entries = before.snapshot().entries
+    hour = next(e for e in entries if e[1] is Resolution.HOUR)
+    day = (*hour[:1], Resolution.DAY, *hour[2:])  # the old day: the same windows
+    old = RollupSnapshot((hour, day), days_of_hours=False)
+    restored = Rollups.restore(pickle.loads(pickle.dumps(old)))
+    restored.add([window(rng, 2, 2, sketched=False)[0]])  # the legacy hour
+    restored.add([window(rng, 70, 3, sketched=False)[0]])  # the next hour
+    assert {r.resolution: r.event_count for r in restored.take_rows()} == {
+        Resolution.HOUR: 3,
+        Resolution.DAY: 9,
+    }
+    again = Rollups.restore(restored.snapshot())  # still legacy after another snapshot
+    for state in (restored, again):
+        state.expire("c", T0 + 2 * HOUR_MS)  # both hours expire into the day
+        assert {(e[1], e[4]) for e in state.snapshot().entries} == {(Resolution.DAY, 9)}
