@@ -12,12 +12,13 @@ kind's merge takes only its own rows from it. The staging table is a session's t
 emptied at each commit.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import psycopg
 
 from pulse.aggregation import MetricRow
 from pulse.dimensions import split_series
+from sinks.staging import Stage, copy_and_merge
 from sinks.tables import SLICES, TOTALS, Tables
 
 STAGE_SQL = """
@@ -30,12 +31,12 @@ CREATE TEMP TABLE IF NOT EXISTS pulse_metrics_stage (
 ) ON COMMIT DELETE ROWS
 """
 
-COPY_SQL = "COPY pulse_metrics_stage FROM STDIN (FORMAT BINARY)"
 COPY_TYPES = (
     "int8", "text", "text", "int8", "float8", "float8", "float8", "float8", "int8",
     "float8", "float8", "float8", "int8", "int8", "bool", "int8", "bytea", "bytea", "text",
     "jsonb",
 )  # fmt: skip
+STAGE = Stage(STAGE_SQL, "pulse_metrics_stage", COPY_TYPES)
 
 # Every on-time column; `late_events` belongs to the late-event statement alone.
 MERGE_SQL = """
@@ -82,37 +83,33 @@ def write_metrics(
 ) -> None:
     """Upsert window rows of one kind of table (at most one per window) inside the
     caller's transaction."""
-    with conn.cursor() as cur:
-        cur.execute(STAGE_SQL)
-        with cur.copy(COPY_SQL) as copy:
-            copy.set_types(COPY_TYPES)
-            write = copy.write_row
-            for r in rows:
-                event_type, name, dims = r.event_type, None, None
-                if tables.sliced:
-                    event_type, name, dims = split_series(event_type)
-                write(
-                    (
-                        r.bucket_start_ms,
-                        r.campaign_id,
-                        event_type,
-                        r.event_count,
-                        r.value_sum,
-                        r.value_min,
-                        r.value_max,
-                        r.value_avg,
-                        r.unique_users,
-                        r.value_p50,
-                        r.value_p95,
-                        r.value_p99,
-                        r.first_event_ms,
-                        r.last_event_ms,
-                        r.closed,
-                        r.revision,
-                        r.users_sketch,
-                        r.values_sketch,
-                        name,
-                        dims,
-                    )
-                )
-        cur.execute(MERGES[tables])
+    copy_and_merge(conn, STAGE, _staged(rows, tables), MERGES[tables])
+
+
+def _staged(rows: Sequence[MetricRow], tables: Tables) -> Iterator[tuple[object, ...]]:
+    for r in rows:
+        event_type, name, dims = r.event_type, None, None
+        if tables.sliced:
+            event_type, name, dims = split_series(event_type)
+        yield (
+            r.bucket_start_ms,
+            r.campaign_id,
+            event_type,
+            r.event_count,
+            r.value_sum,
+            r.value_min,
+            r.value_max,
+            r.value_avg,
+            r.unique_users,
+            r.value_p50,
+            r.value_p95,
+            r.value_p99,
+            r.first_event_ms,
+            r.last_event_ms,
+            r.closed,
+            r.revision,
+            r.users_sketch,
+            r.values_sketch,
+            name,
+            dims,
+        )

@@ -1,18 +1,20 @@
 """Rollup rows into `event_sketch_rollups`: binary COPY into a staging table, one merge.
 
-As window rows (`sinks/timescale_metrics.py`): psycopg's C row encoder instead of
-`unnest()`ed arrays, whose binary dumpers spend Python work per element. The merge keeps
+As window rows (`sinks/timescale_metrics.py`, both through `sinks/staging.py`): psycopg's
+C row encoder instead of `unnest()`ed arrays, whose binary dumpers spend Python work per
+element. The merge keeps
 the stored row unless the new one merged more events (`event_count`), so replays and
 stale rows are no-ops. Campaign totals and dimension slices share the staging table; each
 kind's merge takes only its own rows. The staging table is emptied at each commit.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import psycopg
 
 from pulse.dimensions import split_series
 from pulse.rollups import RollupRow
+from sinks.staging import Stage, copy_and_merge
 from sinks.tables import SLICES, TOTALS, Tables
 
 STAGE_SQL = """
@@ -24,11 +26,11 @@ CREATE TEMP TABLE IF NOT EXISTS pulse_rollups_stage (
 ) ON COMMIT DELETE ROWS
 """
 
-COPY_SQL = "COPY pulse_rollups_stage FROM STDIN (FORMAT BINARY)"
 COPY_TYPES = (
     "text", "int8", "text", "text", "int8", "int8", "float8", "float8", "float8", "bytea",
     "bytea", "text", "jsonb",
 )  # fmt: skip
+STAGE = Stage(STAGE_SQL, "pulse_rollups_stage", COPY_TYPES)
 
 MERGE_SQL = """
 INSERT INTO {rollups} (
@@ -61,30 +63,26 @@ def write_rollups(
 ) -> None:
     """Upsert rollup rows of one kind of table (at most one per hour or day) inside the
     caller's transaction."""
-    with conn.cursor() as cur:
-        cur.execute(STAGE_SQL)
-        with cur.copy(COPY_SQL) as copy:
-            copy.set_types(COPY_TYPES)
-            write = copy.write_row
-            for r in rows:
-                event_type, name, dims = r.event_type, None, None
-                if tables.sliced:
-                    event_type, name, dims = split_series(event_type)
-                write(
-                    (
-                        str(r.resolution),
-                        r.bucket_start_ms,
-                        r.campaign_id,
-                        event_type,
-                        r.event_count,
-                        r.unique_users,
-                        r.value_p50,
-                        r.value_p95,
-                        r.value_p99,
-                        r.users_sketch,
-                        r.values_sketch,
-                        name,
-                        dims,
-                    )
-                )
-        cur.execute(MERGES[tables])
+    copy_and_merge(conn, STAGE, _staged(rows, tables), MERGES[tables])
+
+
+def _staged(rows: Sequence[RollupRow], tables: Tables) -> Iterator[tuple[object, ...]]:
+    for r in rows:
+        event_type, name, dims = r.event_type, None, None
+        if tables.sliced:
+            event_type, name, dims = split_series(event_type)
+        yield (
+            str(r.resolution),
+            r.bucket_start_ms,
+            r.campaign_id,
+            event_type,
+            r.event_count,
+            r.unique_users,
+            r.value_p50,
+            r.value_p95,
+            r.value_p99,
+            r.users_sketch,
+            r.values_sketch,
+            name,
+            dims,
+        )
