@@ -31,10 +31,9 @@ class Resolution(StrEnum):
 
 
 ROLLUP_MS = {Resolution.HOUR: HOUR_MS, Resolution.DAY: DAY_MS}
-_RESOLUTIONS = tuple(ROLLUP_MS.items())
 
 
-def _hours_first(key: tuple["Resolution", str, int]) -> bool:
+def _hours_first(key: tuple[Resolution, str, int]) -> bool:
     return key[0] is not Resolution.HOUR
 
 
