@@ -154,6 +154,23 @@ class FlowSettings(CommonSettings):
     tail: bool = Field(True, description="keep waiting for new events at the end of the topic")
     api_port: int = Field(3030, ge=1, le=65_535, description="Bytewax API and /metrics port")
     workers: int = Field(1, ge=1, le=64, description="worker threads in this process")
+    cluster_addresses: str = Field(
+        "",
+        description="`;`-separated host:port of every process of a Bytewax cluster, in "
+        "process-id order, the same in every process; empty: a single process",
+    )
+    process_id: int | None = Field(
+        None,
+        ge=0,
+        description="this process's index in PULSE_CLUSTER_ADDRESSES (default: the ordinal "
+        "ending PULSE_POD_NAME)",
+    )
+    pod_name: str = Field(
+        "",
+        max_length=253,
+        description="the StatefulSet pod's name, e.g. `pulse-flow-2`: without "
+        "PULSE_PROCESS_ID, its ordinal is the process id",
+    )
     health_port: int = Field(
         8082, ge=0, le=65_535, description="HTTP /healthz and /readyz port; 0 disables"
     )
@@ -203,12 +220,62 @@ class FlowSettings(CommonSettings):
         horizon = self.correction_horizon_seconds
         return (self.max_event_age_seconds if horizon is None else horizon) * 1000
 
+    @property
+    def addresses(self) -> list[str]:
+        """Every process's host:port; empty for a single process."""
+        return [a.strip() for a in self.cluster_addresses.split(";") if a.strip()]
+
+    @property
+    def cluster_process_id(self) -> int:
+        """This process's index: PULSE_PROCESS_ID, else the pod's ordinal, else 0."""
+        if self.process_id is not None:
+            return self.process_id
+        if self.pod_name:
+            return _ordinal(self.pod_name)
+        return 0
+
     @model_validator(mode="after")
     def _check_idle(self) -> "FlowSettings":
         if self.idle_timeout_seconds < self.allowed_lateness_seconds:
             msg = "PULSE_IDLE_TIMEOUT_SECONDS must be at least PULSE_ALLOWED_LATENESS_SECONDS"
             raise ValueError(msg)
         return self
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> "FlowSettings":
+        addresses = self.addresses
+        for address in addresses:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65_536:
+                msg = f"PULSE_CLUSTER_ADDRESSES: {address!r} is not host:port"
+                raise ValueError(msg)
+        if len(set(addresses)) != len(addresses):
+            raise ValueError("PULSE_CLUSTER_ADDRESSES lists an address twice")
+        process = self.cluster_process_id  # a pod name without an ordinal raises here
+        processes = max(len(addresses), 1)
+        if process >= processes:
+            msg = (
+                f"process id {process} is outside PULSE_CLUSTER_ADDRESSES "
+                f"({processes} process{'es' if processes > 1 else ''})"
+            )
+            raise ValueError(msg)
+        workers = processes * self.workers
+        if self.recovery_dir and self.recovery_partitions < workers:
+            msg = (
+                f"PULSE_RECOVERY_PARTITIONS={self.recovery_partitions} is below the cluster's "
+                f"{workers} workers (processes x PULSE_WORKERS); each worker needs a partition"
+            )
+            raise ValueError(msg)
+        return self
+
+
+def _ordinal(pod_name: str) -> int:
+    """The ordinal a StatefulSet gives its pods: `pulse-flow-2` -> 2."""
+    _, _, tail = pod_name.rpartition("-")
+    if not tail.isdigit():
+        msg = f"PULSE_POD_NAME {pod_name!r} does not end in a StatefulSet ordinal (-N)"
+        raise ValueError(msg)
+    return int(tail)
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -46,3 +46,50 @@ def test_bad_config_is_one_line_and_a_non_zero_exit() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert result.stderr.startswith("pulse: invalid configuration: PULSE_GRPC_PORT")
+
+
+def test_a_cluster_process_takes_its_id_from_the_setting_or_the_pod_ordinal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "PULSE_CLUSTER_ADDRESSES", "flow-0.flow:2101; flow-1.flow:2101;flow-2.flow:2101"
+    )
+    monkeypatch.setenv("PULSE_POD_NAME", "pulse-flow-2")
+    s = load(FlowSettings)
+    assert s.addresses == ["flow-0.flow:2101", "flow-1.flow:2101", "flow-2.flow:2101"]
+    assert s.cluster_process_id == 2
+    monkeypatch.setenv("PULSE_PROCESS_ID", "1")
+    assert load(FlowSettings).cluster_process_id == 1
+    for var in ("PULSE_CLUSTER_ADDRESSES", "PULSE_POD_NAME", "PULSE_PROCESS_ID"):
+        monkeypatch.delenv(var)
+    single = load(FlowSettings)
+    assert (single.addresses, single.cluster_process_id) == ([], 0)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PULSE_CLUSTER_ADDRESSES": "a:1;b:1", "PULSE_PROCESS_ID": "2"}, "outside"),
+        ({"PULSE_PROCESS_ID": "1"}, "outside"),
+        ({"PULSE_CLUSTER_ADDRESSES": "a:1;b", "PULSE_PROCESS_ID": "0"}, "not host:port"),
+        ({"PULSE_CLUSTER_ADDRESSES": "a:1;a:1", "PULSE_PROCESS_ID": "0"}, "twice"),
+        ({"PULSE_CLUSTER_ADDRESSES": "a:1;b:1", "PULSE_POD_NAME": "flow"}, "ordinal"),
+        (
+            {
+                "PULSE_CLUSTER_ADDRESSES": "a:1;b:1",
+                "PULSE_PROCESS_ID": "0",
+                "PULSE_WORKERS": "2",
+                "PULSE_RECOVERY_DIR": "/tmp/r",
+                "PULSE_RECOVERY_PARTITIONS": "3",
+            },
+            "below the cluster's 4 workers",
+        ),
+    ],
+)
+def test_a_bad_cluster_is_refused_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=message):
+        load(FlowSettings)
