@@ -4,6 +4,7 @@
 test session gets its own database, each test its own topics.
 """
 
+import dataclasses
 import os
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 from pulse.settings import CommonSettings
 from sinks.scratch import create_database, drop_database
 from sinks.topics import ensure_topics
+from tests.kafka import delete_topics
 
 STACK_TIERS = ("integration", "e2e")
 
@@ -63,8 +65,8 @@ def database(stack: Stack) -> Iterator[str]:
 
 
 @pytest.fixture
-def topics(stack: Stack) -> Topics:
-    """Unique raw/late/dlq/notifications topics for one test."""
+def topics(stack: Stack) -> Iterator[Topics]:
+    """Unique raw/late/dlq/notifications/shed topics for one test; deleted afterwards."""
     prefix = f"test-{uuid.uuid4().hex[:10]}"
     names = Topics(
         f"{prefix}.raw",
@@ -78,4 +80,5 @@ def topics(stack: Stack) -> Topics:
         [names.raw, names.late, names.dlq, names.notifications, names.shed],
         partitions=3,
     )
-    return names
+    yield names
+    delete_topics(stack.kafka_bootstrap, [t for t in dataclasses.astuple(names) if t])

@@ -1,6 +1,7 @@
 """Reading topics back in tests, with a plain consumer of their own (not Pulse's readers)."""
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 Record = tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes]]]
 
@@ -36,3 +37,15 @@ def consume_all(bootstrap: str, topic: str, partitions: int) -> list[Record]:
             break
     consumer.close()
     return sorted(out, key=lambda r: (r[0], r[1]))
+
+
+def delete_topics(bootstrap: str, topics: list[str]) -> None:
+    """Delete a test's topics, so the broker's log directory does not grow run after run
+    (a broker holding thousands of test partitions takes minutes to start)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.delete_topics(topics, operation_timeout=30).values():
+        try:
+            future.result(timeout=30)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
