@@ -8,14 +8,14 @@ STACK_ENV = eval "$$(bash scripts/stack.sh env)"
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: deps
 deps: ## create .venv with the pinned Python dependencies (idempotent)
 	@bash scripts/bootstrap.sh
 
 .PHONY: install
-install: deps ## install everything: Python deps, Kafka, PostgreSQL + TimescaleDB
+install: deps k8s-tools ## install everything: Python deps, kustomize, Kafka, PostgreSQL + TimescaleDB
 	@bash scripts/stack.sh install
 
 .PHONY: up
@@ -76,6 +76,14 @@ unit: deps ## unit tests only (no services)
 .PHONY: test
 test: install up check-protos lint typecheck ## install, start the stack, run every check and the whole test suite
 	@$(STACK_ENV) && $(BIN)/pytest
+
+.PHONY: k8s-tools
+k8s-tools: ## build the pinned kustomize into .tools/bin (once; cached after)
+	@bash scripts/k8s-tools.sh
+
+.PHONY: k8s
+k8s: deps k8s-tools ## render every k8s/ overlay, validate it against the schemas, check its wiring
+	@$(BIN)/pytest tests/unit/test_k8s.py
 
 .PHONY: lock
 lock: ## re-pin requirements.lock from pyproject.toml in a scratch venv
