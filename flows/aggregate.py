@@ -42,7 +42,7 @@ from pulse.corrections import CorrectionBatch
 from pulse.dimensions import GroupBy
 from pulse.preagg import NO_TIME, RecordBatch
 from pulse.shedding import ShedEvent
-from pulse.windowing import NO_GROUPS, PartitionSnapshot, PartitionWindows, corrected_events
+from pulse.windowing import NO_GROUPS, PartitionWindows, corrected_events
 from pulse.windows import TumblingWindows
 from sinks import otel
 from sinks.kafka_outputs import SideRecord
@@ -50,6 +50,7 @@ from sinks.timescale_writer import StoreItem
 
 from . import metrics
 from .records import Decoder, late_record, shed_record
+from .routing import KeyedSnapshot, state_key, unwrap
 from .store import StoreStep
 
 log = logging.getLogger(__name__)
@@ -80,13 +81,13 @@ class FlowConfig:
 Emitted = list[StoreItem | ShedEvent]
 
 
-class _PartitionLogic(StatefulBatchLogic[RecordBatch, Emitted, PartitionSnapshot]):
+class _PartitionLogic(StatefulBatchLogic[RecordBatch, Emitted, KeyedSnapshot]):
     """Bytewax shell around the pure `PartitionWindows` of one source partition."""
 
     def __init__(
         self,
         config: FlowConfig,
-        resume: PartitionSnapshot | None,
+        resume: KeyedSnapshot | None,
         clock: Callable[[], float],
         tracer: Tracer | None = None,
     ) -> None:
@@ -96,7 +97,7 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, Emitted, PartitionSnapshot
         self._state: PartitionWindows | None = None
         if resume is not None:
             self._state = PartitionWindows.restore(
-                resume,
+                unwrap(resume),
                 config.window_ms,
                 config.lateness_ms,
                 config.idle_ms,
@@ -206,9 +207,10 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, Emitted, PartitionSnapshot
             metrics.CORRECTED_EVENTS.inc(corrected_events(corrections))
         return ([rows] if rows else []), StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> PartitionSnapshot:
-        assert self._state is not None  # a snapshot follows at least one batch
-        return self._state.snapshot()
+    def snapshot(self) -> KeyedSnapshot:
+        state = self._state
+        assert state is not None  # a snapshot follows at least one batch
+        return KeyedSnapshot(state_key(state.partition), state.snapshot())
 
 
 def _is_dead(item: tuple[str, RecordBatch] | SideRecord) -> TypeGuard[SideRecord]:

@@ -129,16 +129,24 @@ def enable_api(s: FlowSettings) -> None:
 
 
 def recovery(s: FlowSettings) -> RecoveryConfig | None:
-    """The recovery store, created with its partitions on first use; None without one."""
+    """The recovery store; None without one.
+
+    Bytewax finds each partition in the local directory of the process that holds it;
+    every partition must exist exactly once in the cluster. So only process 0 creates
+    them, all of them, on its first start (the others start with an empty directory),
+    and process 0 exists in a cluster of any size: stop-and-start with another process
+    count resumes from the same partitions.
+    """
     if not s.recovery_dir:
         return None
     path = Path(s.recovery_dir)
-    existing = sorted(path.glob("part-*.sqlite3")) if path.is_dir() else []
-    if not existing:
-        path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
+    existing = sorted(path.glob("part-*.sqlite3"))
+    clustered = len(s.addresses) > 1
+    if not existing and s.cluster_process_id == 0:
         init_db_dir(path, s.recovery_partitions)  # type: ignore[no-untyped-call]
         log.info("created recovery store %s with %d partitions", path, s.recovery_partitions)
-    elif len(existing) != s.recovery_partitions:
+    elif existing and not clustered and len(existing) != s.recovery_partitions:
         msg = (
             f"recovery store {path} has {len(existing)} partitions but "
             f"PULSE_RECOVERY_PARTITIONS={s.recovery_partitions}; the count is fixed at creation"
@@ -170,6 +178,8 @@ def run(s: FlowSettings) -> None:
         cli_main(  # type: ignore[no-untyped-call]
             flow,
             workers_per_process=s.workers,
+            process_id=s.cluster_process_id if s.addresses else None,
+            addresses=s.addresses or None,
             epoch_interval=timedelta(seconds=s.snapshot_interval_seconds),
             recovery_config=recovery(s),
         )

@@ -26,6 +26,7 @@ from pulse.validation import Limits, check_values
 from sinks.kafka_outputs import SideRecord
 
 from . import metrics
+from .routing import state_key
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class Decoder:
         cur.last_log_ms = last
         parents = trace_parents(items) if self.trace else {}
         out: list[tuple[str, RecordBatch] | SideRecord] = [
-            (str(p), acc.batch(p, parents.get(p, ()))) for p, acc in pending.items()
+            (state_key(p), acc.batch(p, parents.get(p, ()))) for p, acc in pending.items()
         ]
         out.extend(dead)
         return out
