@@ -42,6 +42,10 @@ migrate: deps up ## create the TimescaleDB schema and the Kafka topics (idempote
 run: install ## run the whole pipeline locally with a demo load (Ctrl-C stops it)
 	@bash scripts/run-demo.sh
 
+.PHONY: image
+image: deps ## build the container image with podman (installs podman and makes the base image when missing)
+	@bash scripts/image.sh build
+
 .PHONY: protos
 protos: deps ## regenerate the Python code and type stubs from protos/
 	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I . \
