@@ -448,6 +448,22 @@ def test_the_recovery_store_is_on_each_pods_volume(
     )
 
 
+def test_bytewax_writes_its_api_cache_to_a_writable_directory(rendered: Rendered) -> None:
+    """Bytewax writes dataflow.json into this directory at start (a missing one, such as a
+    file path, stops the dataflow); the root filesystem is read-only."""
+    flow = _one(rendered, "flow")
+    env = {v["name"]: v.get("value") for v in flow.container.get("env", [])}
+    cache = env.get("BYTEWAX_DATAFLOW_API_CACHE_PATH")
+    assert cache, f"{flow.where}: set BYTEWAX_DATAFLOW_API_CACHE_PATH to a writable directory"
+    volumes = {v["name"]: v for v in flow.pod.get("volumes", [])}
+    writable = [
+        m["mountPath"]
+        for m in flow.container.get("volumeMounts", [])
+        if "emptyDir" in volumes.get(m["name"], {}) and m["mountPath"] == cache
+    ]
+    assert writable, f"{flow.where}: BYTEWAX_DATAFLOW_API_CACHE_PATH={cache} is no emptyDir mount"
+
+
 def test_alert_rules_are_mounted_from_config_alerts_toml(
     rendered: Rendered, monkeypatch: pytest.MonkeyPatch
 ) -> None:
