@@ -71,6 +71,7 @@ install_tools() {
 
 # The URI apt uses for a suite's binary packages (from /etc/apt/sources.list{,.d}); empty if none.
 apt_uri() {
+  # shellcheck disable=SC2016  # $(REPO_URI) is apt's field name, not a shell expansion
   apt-get indextargets --format '$(REPO_URI)' "Release: $1" 'Target-Of: deb' | head -n1
 }
 
@@ -131,6 +132,7 @@ make_base() {
 source_copy() {
   local dest="$1"
   mkdir -p "$dest"
+  # shellcheck disable=SC2016  # the inner script expands its own "$f"
   (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard \
     | xargs -0 sh -c 'for f; do [ -f "$f" ] && printf "%s\0" "$f"; done' sh \
     | tar --null -T - -cf -) | tar -C "$dest" -xf -
@@ -163,43 +165,84 @@ if unpinned:
 EOF
 }
 
-# deps/: the runtime dependencies, pinned by requirements.lock; pulse/: Pulse itself.
+# podman's layer cache hashes file times too: wheels made again, byte for byte the same, must
+# look the same.
+fix_times() {
+  find "$1" -exec touch -h -d @315532800 {} +
+}
+
+# A digest of a directory's files (names and contents).
+tree_digest() {
+  (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
+}
+
+# deps/: the runtime dependencies, pinned by requirements.lock; made again when it changes.
+make_deps_wheels() {
+  local src="$1" work="$2" stamp="$WHEELS/deps.stamp" want
+  want="$(cat "$ROOT/requirements.lock" "$ROOT/pyproject.toml" | sha256sum | cut -c1-64)"
+  [[ -f "$stamp" && "$(<"$stamp")" == "$want" && -d "$WHEELS/deps" ]] && return 0
+  log "pip wheel: the runtime dependencies, pinned by requirements.lock"
+  "$ROOT/.venv/bin/pip" wheel --quiet --disable-pip-version-check \
+    -c "$ROOT/requirements.lock" -w "$work/deps" "$src" || die "pip wheel of the dependencies failed"
+  rm -f "$work"/deps/pulse-*.whl
+  check_pinned "$work/deps"
+  fix_times "$work/deps"
+  rm -rf "$WHEELS/deps" && mv "$work/deps" "$WHEELS/deps"
+  echo "$want" >"$stamp"
+}
+
+# pulse/: Pulse itself; made again when its sources change.
+make_pulse_wheel() {
+  local src="$1" work="$2" stamp="$WHEELS/pulse.stamp" want
+  want="$(tree_digest "$src")"
+  [[ -f "$stamp" && "$(<"$stamp")" == "$want" && -d "$WHEELS/pulse" ]] && return 0
+  # Fixed times inside the wheel too: the same sources make the same bytes.
+  SOURCE_DATE_EPOCH=315532800 "$ROOT/.venv/bin/pip" wheel --quiet --disable-pip-version-check \
+    --no-deps -w "$work/pulse" "$src" || die "pip wheel of pulse failed"
+  fix_times "$work/pulse"
+  rm -rf "$WHEELS/pulse" && mv "$work/pulse" "$WHEELS/pulse"
+  echo "$want" >"$stamp"
+}
+
 make_wheels() {
-  local pip="$ROOT/.venv/bin/pip" stamp="$WHEELS/deps/.stamp" want work t0
+  local work t0
   t0="$(now_s)"
-  want="$(cat "$ROOT/requirements.lock" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+  mkdir -p "$WHEELS"
+  rm -rf "$CACHE_DIR"/wheels.*  # left by an interrupted run
   work="$(mktemp -d "$CACHE_DIR/wheels.XXXXXX")"
   source_copy "$work/src"
-  mkdir -p "$WHEELS"
-  if [[ ! -f "$stamp" || "$(<"$stamp")" != "$want" ]]; then
-    log "pip wheel: the runtime dependencies, pinned by requirements.lock"
-    "$pip" wheel --quiet --disable-pip-version-check -c "$ROOT/requirements.lock" \
-      -w "$work/deps" "$work/src" || die "pip wheel of the dependencies failed"
-    rm -f "$work"/deps/pulse-*.whl
-    check_pinned "$work/deps"
-    echo "$want" >"$work/deps/.stamp"
-    rm -rf "$WHEELS/deps" && mv "$work/deps" "$WHEELS/deps"
-  fi
-  # Fixed timestamps: the same sources make the same wheel, so podman reuses its layers.
-  SOURCE_DATE_EPOCH=315532800 \
-    "$pip" wheel --quiet --disable-pip-version-check --no-deps -w "$work/pulse" "$work/src" \
-    || die "pip wheel of pulse failed"
-  rm -rf "$WHEELS/pulse" && mv "$work/pulse" "$WHEELS/pulse"
+  make_deps_wheels "$work/src" "$work"
+  make_pulse_wheel "$work/src" "$work"
   rm -rf "$work"
   log "wheels: $(find "$WHEELS/deps" -name '*.whl' | wc -l) dependencies + pulse ($(( $(now_s) - t0 ))s)"
 }
 
 # ---- build ------------------------------------------------------------------------------------
 
+# A digest of everything the build reads: the Containerfile, the wheels and the base image.
+build_inputs() {
+  {
+    cat "$ROOT/Containerfile" "$ROOT/.containerignore" "$WHEELS/deps.stamp" "$WHEELS/pulse.stamp"
+    printf '%s\n' "$BASE"
+    podman image inspect --format '{{.Id}}' "$BASE" 2>/dev/null || true
+  } | sha256sum | cut -c1-64
+}
+
 build_image() {
-  local t0 pull=never size
+  local t0 pull=never size inputs
   [[ "$BASE" == "$LOCAL_BASE" ]] || pull=missing
   t0="$(now_s)"
-  log "podman build $IMAGE (FROM $BASE)"
-  podman build --quiet --layers --jobs 2 --pull="$pull" --build-arg BASE="$BASE" \
-    -f "$ROOT/Containerfile" -t "$IMAGE" "$ROOT" >/dev/null
+  inputs="$(build_inputs)"
+  if [[ "$(podman image inspect --format '{{index .Labels "pulse.build-inputs"}}' "$IMAGE" \
+           2>/dev/null)" == "$inputs" ]]; then
+    log "$IMAGE is up to date"
+  else
+    log "podman build $IMAGE (FROM $BASE)"
+    podman build --quiet --layers --jobs 2 --pull="$pull" --build-arg BASE="$BASE" \
+      --label "pulse.build-inputs=$inputs" -f "$ROOT/Containerfile" -t "$IMAGE" "$ROOT" >/dev/null
+  fi
   size="$(podman image inspect --format '{{.Size}}' "$IMAGE")"
-  log "built $IMAGE: $(( size / 1000000 )) MB, podman build $(( $(now_s) - t0 ))s"
+  log "$IMAGE: $(( size / 1000000 )) MB, podman build $(( $(now_s) - t0 ))s"
 }
 
 cmd_build() {

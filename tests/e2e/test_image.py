@@ -76,7 +76,7 @@ def image() -> str:
     if build.returncode != 0:
         pytest.fail(f"scripts/image.sh build exited {build.returncode}:\n{build.stderr[-4000:]}")
     size = int(podman("image", "inspect", "--format", "{{.Size}}", IMAGE))
-    print(f"\n[image] {IMAGE}: {size / 1e6:.0f} MB, built in {elapsed:.1f} s")
+    print(f"\n[image] {IMAGE}: {size // 1_000_000} MB, built in {elapsed:.1f} s")
     print(build.stderr.rstrip())
     return IMAGE
 
