@@ -25,6 +25,7 @@ from psycopg import sql
 
 from ingest.client import PulseClient
 from protos.analytics.v1 import analytics_pb2 as pb
+from pulse.settings import FlowSettings, IngestSettings
 from sinks.scratch import drop_database
 from tests.conftest import Stack
 from tests.e2e.conftest import free_port
@@ -79,6 +80,23 @@ def image() -> str:
     print(f"\n[image] {IMAGE}: {size // 1_000_000} MB, built in {elapsed:.1f} s")
     print(build.stderr.rstrip())
     return IMAGE
+
+
+def test_the_image_sets_real_settings(image: str) -> None:
+    lines = podman(
+        "image", "inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", image
+    )
+    env = dict(line.split("=", 1) for line in lines.splitlines() if line)
+    pulse = {key: value for key, value in env.items() if key.startswith("PULSE_")}
+    fields = {*IngestSettings.model_fields, *FlowSettings.model_fields}
+    assert {key.removeprefix("PULSE_").lower() for key in pulse} <= fields
+    # The defaults (127.0.0.1) would hide the listeners inside the container's network.
+    assert pulse == {
+        "PULSE_GRPC_HOST": "0.0.0.0",
+        "PULSE_HEALTH_HOST": "0.0.0.0",
+        "PULSE_RECOVERY_DIR": "/var/lib/pulse",
+    }
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
 
 
 def test_the_image_runs_as_pulse_and_holds_no_build_tools(image: str) -> None:
@@ -136,10 +154,10 @@ class Containers:
             args += ["-v", volume]
         return args
 
-    def run(self, name: str, command: str, env: dict[str, str] | None = None) -> str:
+    def run(self, name: str, command: str, args: tuple[str, ...] = ()) -> str:
         """Run to completion; its output."""
         self.names.append(name)
-        return podman("run", "--rm", *self._args(name, env or {}, ()), self.image, command)
+        return podman("run", "--rm", *self._args(name, {}, ()), self.image, command, *args)
 
     def start(
         self, name: str, command: str, env: dict[str, str], volumes: tuple[str, ...] = ()
@@ -253,6 +271,11 @@ def test_the_image_runs_migrate_the_edge_and_the_dataflow(
         assert "migrations applied: none" not in migrated
         created = migrated.split("topics created: ", 1)[1].strip().split(", ")
         assert sorted(created) == sorted(names.topics.values())
+        # The alert follower reads the new notifications topic: nothing yet.
+        notes = containers.run(
+            names.container("notifications"), "notifications", args=("--timeout", "2")
+        )
+        assert notes == ""
 
         containers.start(
             names.container("serve"),
