@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
@@ -196,16 +197,28 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, Emitted, KeyedSnapshot]):
         )
 
     def on_eof(self) -> tuple[Iterable[Emitted], bool]:
-        """The input ended (a non-tailing run): write the progress rows still pending."""
+        """The input ended (a non-tailing run): write the rows still pending."""
+        return self._flush(), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        """With rows or corrections waiting for a refresh, a refresh interval from now:
+        a partition that goes quiet still writes them (each batch moves this on)."""
+        if self._state is None or not self._state.pending:
+            return None
+        return datetime.now(UTC) + timedelta(milliseconds=self._config.refresh_ms)
+
+    def on_notify(self) -> tuple[Iterable[Emitted], bool]:
+        return self._flush(), StatefulBatchLogic.RETAIN
+
+    def _flush(self) -> list[Emitted]:
         if self._state is None:
-            return [], StatefulBatchLogic.RETAIN
-        rows: Emitted = [*self._state.take_progress_rows()]
-        rows += self._state.take_rollup_rows()
-        corrections = self._state.take_corrections()
+            return []
+        progress, rollups, corrections = self._state.take_pending()
+        rows: Emitted = [*progress, *rollups]
         if corrections:
             rows.append(CorrectionBatch(tuple(corrections)))
             metrics.CORRECTED_EVENTS.inc(corrected_events(corrections))
-        return ([rows] if rows else []), StatefulBatchLogic.RETAIN
+        return [rows] if rows else []
 
     def snapshot(self) -> KeyedSnapshot:
         state = self._state

@@ -287,6 +287,11 @@ class Rollups:
         self._dirty[(late.campaign_id, *key)] = None
         self._unsnapped[(late.campaign_id, *key)] = acc
 
+    @property
+    def changed(self) -> bool:
+        """Whether an accumulator changed since the last `take_rows`."""
+        return bool(self._dirty)
+
     def take_rows(self) -> list[RollupRow]:
         """Rows of every accumulator changed since the last call."""
         rows = [self._row(*key) for key in self._dirty]

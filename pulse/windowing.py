@@ -292,6 +292,17 @@ class PartitionWindows:
             self._rollups_refreshed_at = now_ms
         return out
 
+    @property
+    def pending(self) -> bool:
+        """Whether rows or corrections wait for the next refresh (a quiet partition's
+        shell flushes them with `take_pending` once the refresh interval has passed)."""
+        return bool(self._pending or self._corrections or self._rollups.changed)
+
+    def take_pending(self) -> tuple[list[MetricRow], list[RollupRow], list[Correction]]:
+        """Every row and correction waiting for a refresh: progress rows of open windows,
+        rows of changed hours and days, corrections."""
+        return self.take_progress_rows(), self.take_rollup_rows(), self.take_corrections()
+
     def take_corrections(self) -> list[Correction]:
         """Every correction gathered since the last refresh, one per window.
 

@@ -281,3 +281,28 @@ def test_snapshots_refreshed_per_change_equal_snapshots_made_afresh() -> None:
         assert kept_windows == fresh_windows
         assert len(snapshot.rollups.entries) == len(state._rollups)
         assert snapshot.rollups.entries == afresh.snapshot().rollups.entries
+
+
+def test_what_waits_for_a_refresh_is_pending_until_taken() -> None:
+    state = PartitionWindows(0, MINUTE, LATENESS, IDLE, refresh_ms=1000, rollup_refresh_ms=10_000)
+    assert not state.pending
+    state.apply(one(("c", "view", T0 + 1, 1.0, "", 0, b"a", ())), now_ms=5_000)
+    state.apply(one(("c", "view", T0 + 2, 1.0, "", 1, b"b", ())), now_ms=5_500)
+    closing = state.apply(one(("c", "view", T0 + MINUTE + LATENESS, 1.0, "", 2, b"c", ())), 5_600)
+    assert [r.closed for r in closing.rows] == [True]
+    # A late event within the horizon: its correction waits for the refresh too.
+    state = PartitionWindows(
+        0, MINUTE, LATENESS, IDLE, refresh_ms=1000, rollup_refresh_ms=10_000, correction_ms=MINUTE
+    )
+    state.apply(one(("c", "view", T0 + 1, 1.0, "", 0, b"a", ())), now_ms=5_000)
+    state.apply(one(("c", "view", T0 + MINUTE + LATENESS, 1.0, "", 1, b"b", ())), now_ms=5_100)
+    state.apply(one(("c", "view", T0 + 5, 2.0, "", 2, b"c", ())), now_ms=5_200)
+    assert state.pending
+    progress, rollups, corrections = state.take_pending()
+    assert [(r.bucket_start_ms, r.event_count, r.closed) for r in progress] == [
+        (T0 + MINUTE, 1, False)
+    ]
+    assert sorted((r.resolution.value, r.event_count) for r in rollups) == [("day", 2), ("hour", 2)]
+    assert [(c.bucket_start_ms, c.offsets) for c in corrections] == [(T0, (2,))]
+    assert not state.pending
+    assert state.take_pending() == ([], [], [])
