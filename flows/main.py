@@ -8,6 +8,7 @@ Run with `pulse flow`, or as a Bytewax cluster:
 import atexit
 import logging
 import os
+import signal
 import socket
 import time
 from datetime import timedelta
@@ -21,7 +22,7 @@ from opentelemetry.trace import Tracer
 
 from pulse import settings as settings_mod
 from pulse.alerts.rules import Rule, load_rules
-from pulse.errors import ConfigError
+from pulse.errors import ConfigError, PulseError
 from pulse.settings import FlowSettings
 from sinks import otel
 from sinks.health import HealthServer, kafka_admin, kafka_check, postgres_check
@@ -167,8 +168,22 @@ def start_health(s: FlowSettings, started: float) -> HealthServer | None:
     return HealthServer(s.health_host, s.health_port, checks, started=started).start()
 
 
+def _pulse_error(exc: BaseException) -> PulseError | None:
+    """The PulseError a Bytewax error was raised from, if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, PulseError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def run(s: FlowSettings) -> None:
-    """Run this process's workers until the input ends or the process is stopped."""
+    """Run this process's workers until the input ends or the process is stopped.
+
+    SIGTERM (Kubernetes, podman stop) stops the workers as SIGINT does: without a
+    handler, Python ignores it as a container's process 1."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     tracing = otel.setup(otel.FLOW_SERVICE)  # off unless an OTLP endpoint is set
     flow = flow_from_settings(s, tracing.tracer)
@@ -183,8 +198,12 @@ def run(s: FlowSettings) -> None:
             epoch_interval=timedelta(seconds=s.snapshot_interval_seconds),
             recovery_config=recovery(s),
         )
-    except Exception as exc:  # logged once, in the configured format, with its traceback
-        log.exception("dataflow stopped: %s", exc)
+    except Exception as exc:
+        cause = _pulse_error(exc)
+        if cause is not None:  # ours: the message says what and where, in one line
+            log.error("dataflow stopped: %s", cause)
+        else:  # logged once, in the configured format, with its traceback
+            log.exception("dataflow stopped: %s", exc)
         raise SystemExit(1) from None
     finally:
         if health_server is not None:

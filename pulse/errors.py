@@ -33,5 +33,12 @@ class SinkError(PulseError):
     retryable = True
 
 
+class SinkRefusedError(SinkError):
+    """TimescaleDB refused a batch (a schema that differs, invalid data): retrying cannot
+    help, so the dataflow stops."""
+
+    retryable = False
+
+
 class QueryError(PulseError):
     """A metrics query has invalid arguments (range, resolution, ids)."""

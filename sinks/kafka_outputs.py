@@ -66,11 +66,40 @@ class _Out:
     headers: list[tuple[str, bytes]]
 
 
-class _Writer:
-    """Produces a batch, waits for every acknowledgement, raises KafkaDeliveryError if not."""
+class _Stall:
+    """Logs a wait for Kafka's acknowledgements that lasts: once after `every_s`, then
+    every `every_s`, and when it ends."""
 
-    def __init__(self, bootstrap: str, flush_timeout_s: float) -> None:
-        self._flush_timeout_s = flush_timeout_s
+    def __init__(self, every_s: float, records: int) -> None:
+        self._every_s = every_s
+        self._records = records
+        self._started = time.monotonic()
+        self._logged_at: float | None = None
+
+    def check(self, waiting: int) -> None:
+        now = time.monotonic()
+        if now - (self._logged_at or self._started) >= self._every_s:
+            self._logged_at = now
+            log.warning(
+                "Kafka has not acknowledged %d of %d records for %.0f s; waiting for it",
+                waiting,
+                self._records,
+                now - self._started,
+            )
+
+    def done(self) -> None:
+        if self._logged_at is not None:
+            elapsed = time.monotonic() - self._started
+            log.info("Kafka acknowledged the records after %.0f s", elapsed)
+
+
+class _Writer:
+    """Produces a batch and waits for every acknowledgement, however long Kafka is away
+    (the dataflow holds back meanwhile, logging every `warn_every_s`); raises
+    KafkaDeliveryError when Kafka refuses a record."""
+
+    def __init__(self, bootstrap: str, warn_every_s: float) -> None:
+        self._warn_every_s = warn_every_s
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -78,8 +107,8 @@ class _Writer:
                 "acks": "all",
                 "linger.ms": 5,
                 # Never give up on a record locally: retriable errors are retried until
-                # the batch times out below and the dataflow crashes, so what reached a
-                # partition is always a prefix of what was produced to it.
+                # Kafka takes it, so what reached a partition is always a prefix of what
+                # was produced to it.
                 "message.timeout.ms": 0,
                 "logger": logging.getLogger("librdkafka"),
             }
@@ -95,7 +124,7 @@ class _Writer:
                 where = "" if msg is None else f"{msg.topic()}[{msg.partition()}]: "
                 failures.append(f"{where}{err.str()}")
 
-        deadline = time.monotonic() + self._flush_timeout_s
+        stall = _Stall(self._warn_every_s, len(records))
         produce = self._producer.produce
         for r in records:
             while True:
@@ -111,20 +140,14 @@ class _Writer:
                     break
                 except BufferError:
                     # Local queue full: serve acknowledgements, then try again.
-                    if time.monotonic() > deadline:
-                        msg = f"Kafka did not take records for {self._flush_timeout_s:.0f} s"
-                        raise KafkaDeliveryError(msg) from None
+                    stall.check(len(self._producer))
                     self._producer.poll(0.1)
                 except KafkaException as exc:
                     where = f"{r.topic}[{r.partition}]" if r.partition >= 0 else r.topic
                     raise KafkaDeliveryError(f"Kafka refused a record for {where}: {exc}") from exc
-        remaining = self._producer.flush(max(deadline - time.monotonic(), 0.1))
-        if remaining:
-            msg = (
-                f"{remaining} of {len(records)} records not acknowledged by Kafka "
-                f"within {self._flush_timeout_s:.0f} s"
-            )
-            raise KafkaDeliveryError(msg)
+        while (remaining := self._producer.flush(1.0)) and not failures:
+            stall.check(remaining)
+        stall.done()
         if failures:
             msg = (
                 f"Kafka did not acknowledge {len(failures)} of {len(records)} records: "
@@ -215,14 +238,14 @@ class _SidePartition(StatelessSinkPartition[SideRecord]):
         on_written: Callable[[int], None],
         *,
         timeout_s: float,
-        flush_timeout_s: float,
+        warn_every_s: float,
     ) -> None:
         self._bootstrap = bootstrap
         self._counts = counts
         self._marks = marks
         self._on_written = on_written
         self._timeout_s = timeout_s
-        self._writer = _Writer(bootstrap, flush_timeout_s)
+        self._writer = _Writer(bootstrap, warn_every_s)
 
     def _check_partition(self, record: SideRecord) -> None:
         count = self._counts.get(record.topic)
@@ -289,7 +312,8 @@ class SideOutputSink(DynamicSink[SideRecord]):
 
     Every topic must exist with at least as many partitions as its source topic;
     KafkaAdminError otherwise (at build for a missing topic, at write for a partition).
-    A batch is acknowledged in full or raises KafkaDeliveryError.
+    A batch is acknowledged in full, however long Kafka is away, or raises
+    KafkaDeliveryError when Kafka refuses a record.
     """
 
     def __init__(
@@ -299,13 +323,13 @@ class SideOutputSink(DynamicSink[SideRecord]):
         on_written: Callable[[int], None] | None = None,
         *,
         timeout_s: float = 30.0,
-        flush_timeout_s: float = 60.0,
+        warn_every_s: float = 30.0,
     ) -> None:
         self._bootstrap = bootstrap
         self._topics = list(topics)
         self._on_written = on_written or (lambda _n: None)
         self._timeout_s = timeout_s
-        self._flush_timeout_s = flush_timeout_s
+        self._warn_every_s = warn_every_s
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SidePartition:
         counts = partition_counts(self._bootstrap, self._topics, self._timeout_s)
@@ -318,7 +342,7 @@ class SideOutputSink(DynamicSink[SideRecord]):
             marks,
             self._on_written,
             timeout_s=self._timeout_s,
-            flush_timeout_s=self._flush_timeout_s,
+            warn_every_s=self._warn_every_s,
         )
 
 
@@ -407,12 +431,12 @@ class _NotificationPartition(StatelessSinkPartition[AlertEvent]):
         topic: str,
         published: set[tuple[str, AlertState]],
         on_written: Callable[[int], None],
-        flush_timeout_s: float,
+        warn_every_s: float,
     ) -> None:
         self._topic = topic
         self._published = published
         self._on_written = on_written
-        self._writer = _Writer(bootstrap, flush_timeout_s)
+        self._writer = _Writer(bootstrap, warn_every_s)
 
     def write_batch(self, items: list[AlertEvent]) -> None:
         out = []
@@ -457,7 +481,8 @@ class NotificationSink(DynamicSink[AlertEvent]):
     the topic's retention are forgotten, which is harmless as long as retention is far
     longer than the replay after a restart (the recovery snapshot interval).
 
-    A batch is acknowledged in full or raises KafkaDeliveryError.
+    A batch is acknowledged in full, however long Kafka is away, or raises
+    KafkaDeliveryError when Kafka refuses a record.
     """
 
     def __init__(
@@ -467,17 +492,17 @@ class NotificationSink(DynamicSink[AlertEvent]):
         on_written: Callable[[int], None] | None = None,
         *,
         timeout_s: float = 30.0,
-        flush_timeout_s: float = 60.0,
+        warn_every_s: float = 30.0,
     ) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
         self._on_written = on_written or (lambda _n: None)
         self._timeout_s = timeout_s
-        self._flush_timeout_s = flush_timeout_s
+        self._warn_every_s = warn_every_s
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _NotificationPartition:
         published = published_alerts(self._bootstrap, self._topic, self._timeout_s)
         log.info("%d alert transitions already published to %s", len(published), self._topic)
         return _NotificationPartition(
-            self._bootstrap, self._topic, published, self._on_written, self._flush_timeout_s
+            self._bootstrap, self._topic, published, self._on_written, self._warn_every_s
         )

@@ -37,7 +37,7 @@ from pulse.aggregation import LateEvent, MetricRow
 from pulse.alerts.model import AlertEvent
 from pulse.corrections import CorrectionBatch
 from pulse.dimensions import is_series
-from pulse.errors import SinkError
+from pulse.errors import SinkError, SinkRefusedError
 from pulse.rollups import RollupRow
 from pulse.timeutil import ms_to_datetime
 from sinks.otel import SpanMark
@@ -47,6 +47,24 @@ from sinks.timescale_metrics import write_metrics
 from sinks.timescale_rollups import write_rollups
 
 log = logging.getLogger(__name__)
+
+# While TimescaleDB cannot be reached: waits between attempts double up to this, the
+# first few failures are logged, then one line per interval while it lasts.
+MAX_RETRY_DELAY_S = 5.0
+RETRIES_LOGGED = 3
+RETRY_LOG_INTERVAL_S = 30.0
+
+
+def _schema(exc: psycopg.Error) -> bool:
+    """Whether an error says the schema differs from this version's (a missing table,
+    column or function)."""
+    return isinstance(
+        exc,
+        psycopg.errors.UndefinedTable
+        | psycopg.errors.UndefinedColumn
+        | psycopg.errors.UndefinedFunction,
+    )
+
 
 StoreItem = MetricRow | RollupRow | LateEvent | CorrectionBatch | AlertEvent | SpanMark
 WriteKind = Literal[
@@ -273,7 +291,7 @@ class _Partition(StatelessSinkPartition[StoreItem]):
         self,
         dsn: str,
         source_topic: str,
-        max_attempts: int,
+        max_attempts: int | None,
         on_written: Callable[[str, int], None],
         on_retry: Callable[[], None],
         *,
@@ -338,33 +356,56 @@ class _Partition(StatelessSinkPartition[StoreItem]):
         )
 
     def _write_with_retries(self, statements: list[Statement], items: list[StoreItem]) -> None:
-        for attempt in range(1, self._max_attempts + 1):
+        """Write, retrying while TimescaleDB cannot be reached (for ever by default: the
+        dataflow holds back and Kafka buffers); refused batches stop the dataflow."""
+        failing_since: float | None = None
+        logged_at = 0.0
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 self._write(statements)
             except psycopg.OperationalError as exc:
                 if self._conn is not None:
                     self._conn.close()
                 origin = batch_origin(items, self._source_topic)
-                if attempt == self._max_attempts:
+                if self._max_attempts is not None and attempt >= self._max_attempts:
                     msg = (
                         f"writing a batch of {len(items)} items to TimescaleDB failed "
-                        f"(from {origin}): {exc}"
+                        f"{attempt} times (from {origin}): {exc}"
                     )
                     raise SinkError(msg) from exc
                 self._on_retry()
-                delay = min(0.5 * 2**attempt, 10.0)
-                log.warning(
-                    "TimescaleDB write failed (attempt %d), retrying in %.1f s: %s "
-                    "(%d items from %s)",
-                    attempt,
-                    delay,
-                    exc,
-                    len(items),
-                    origin,
-                    extra={"topic": self._source_topic},
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if attempt <= RETRIES_LOGGED or now - logged_at >= RETRY_LOG_INTERVAL_S:
+                    logged_at = now
+                    log.warning(
+                        "TimescaleDB write failed (attempt %d, for %.0f s), retrying: %s "
+                        "(%d items from %s)",
+                        attempt,
+                        now - failing_since,
+                        str(exc).strip(),
+                        len(items),
+                        origin,
+                        extra={"topic": self._source_topic},
+                    )
+                time.sleep(min(0.25 * 2**attempt, MAX_RETRY_DELAY_S))
+            except psycopg.Error as exc:
+                origin = batch_origin(items, self._source_topic)
+                hint = "; is the schema migrated (`pulse migrate`)?" if _schema(exc) else ""
+                msg = (
+                    f"TimescaleDB refused a batch of {len(items)} items (from {origin}): "
+                    f"{type(exc).__name__} ({exc.sqlstate}): {str(exc).strip()}{hint}"
                 )
-                time.sleep(delay)
+                raise SinkRefusedError(msg) from exc
             else:
+                if failing_since is not None:
+                    log.info(
+                        "TimescaleDB written again after %.1f s (%d attempts)",
+                        time.monotonic() - failing_since,
+                        attempt,
+                    )
                 for kind, _query, _params, rows in statements:
                     self._on_written(kind, rows)
                 return
@@ -381,15 +422,18 @@ class TimescaleSink(DynamicSink[StoreItem]):
     ("metrics", "late", "rollups", "corrections", "alerts"), with the number of rows sent
     (repeats within the batch dropped; rows the database kept unchanged as stale or
     replayed included; for corrections, the windows corrected).
-    `on_retry()` is called after each failed attempt that is retried. With a `tracer`,
-    each batch written is a span linked to the `SpanMark`s in it.
+    `on_retry()` is called after each failed attempt that is retried. While TimescaleDB
+    cannot be reached (`OperationalError`: refused, reset, shutting down, disk full) a
+    batch is retried for ever, or `max_attempts` times then SinkError; an error of the
+    batch itself (schema, data) raises SinkRefusedError at once. With a `tracer`, each
+    batch written is a span linked to the `SpanMark`s in it.
     """
 
     def __init__(
         self,
         dsn: str,
         source_topic: str,
-        max_attempts: int = 6,
+        max_attempts: int | None = None,
         on_written: Callable[[str, int], None] | None = None,
         on_retry: Callable[[], None] | None = None,
         *,
