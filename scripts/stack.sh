@@ -3,15 +3,17 @@
 # TimescaleDB, installed and run on this machine (Debian 12), no Docker.
 #
 #   scripts/stack.sh install   install what is missing (apt, TimescaleDB build, Kafka jars)
-#   scripts/stack.sh up        install if needed, start both, wait until they answer
-#   scripts/stack.sh down      stop what this checkout started
+#   scripts/stack.sh up [kafka|postgres]    install if needed, start both (or one),
+#                                           wait until they answer
+#   scripts/stack.sh down [kafka|postgres]  stop what this checkout started (or one of it)
 #   scripts/stack.sh status    one line per service
 #   scripts/stack.sh env       export lines for PULSE_KAFKA_BOOTSTRAP / PULSE_PG_DSN
 #   scripts/stack.sh psql      psql on the pulse database (extra args passed on)
 #   scripts/stack.sh clean     down, then delete this checkout's data and logs
 #
 # Env: PULSE_KAFKA_PORT (39092), PULSE_KAFKA_CONTROLLER_PORT (39093),
-#      PULSE_PG_PORT (35432), PULSE_CACHE_DIR (~/.cache/pulse).
+#      PULSE_PG_PORT (35432), PULSE_CACHE_DIR (~/.cache/pulse),
+#      PULSE_STACK_DATA_DIR (.data: another one runs a second stack beside the first).
 set -euo pipefail
 
 STACK_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -45,24 +47,34 @@ cmd_install() {
   log "install done ($(( $(now_s) - t0 ))s)"
 }
 
+check_service() {
+  case "${1:-}" in
+    ""|kafka|postgres) ;;
+    *) die "unknown service '$1' (kafka or postgres)" ;;
+  esac
+}
+
 cmd_up() {
-  local t0; t0="$(now_s)"
+  local service="${1:-}" t0; t0="$(now_s)"
+  check_service "$service"
   lock_checkout
   if installed_everything; then
     lock_install  # wait for a concurrent install of the same cache, if any
   else
     stack_install
   fi
-  kafka_start          # background; PostgreSQL starts while the JVM boots
-  pg_up
-  kafka_wait_ready
+  [[ "$service" == postgres ]] || kafka_start  # background; PostgreSQL starts meanwhile
+  [[ "$service" == kafka ]] || pg_up
+  [[ "$service" == postgres ]] || kafka_wait_ready
   log "stack up ($(( $(now_s) - t0 ))s): PULSE_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT PULSE_PG_DSN=postgresql://$PG_ROLE:***@127.0.0.1:$PG_PORT/$PG_DB"
 }
 
 cmd_down() {
+  local service="${1:-}"
+  check_service "$service"
   lock_checkout
-  kafka_stop
-  pg_down
+  [[ "$service" == postgres ]] || kafka_stop
+  [[ "$service" == kafka ]] || pg_down
 }
 
 cmd_status() {

@@ -8,7 +8,8 @@ export DEBIAN_FRONTEND=noninteractive
 export LC_ALL=C.UTF-8 2>/dev/null || true
 
 INFRA_DIR="$STACK_ROOT/infra"
-DATA_DIR="$STACK_ROOT/.data"
+# PULSE_STACK_DATA_DIR: another data dir, for a second, private stack (outage tests).
+DATA_DIR="${PULSE_STACK_DATA_DIR:-$STACK_ROOT/.data}"
 LOG_DIR="$DATA_DIR/logs"
 
 _default_home() {

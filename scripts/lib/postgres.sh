@@ -5,10 +5,10 @@
 # PostgreSQL refuses to run as root, so as root the cluster runs as the
 # `postgres` OS user. Its data dir is .data/pg when that user can reach the
 # checkout; otherwise (e.g. a CI clone under a 0700 mktemp dir) it lives in
-# /var/tmp/pulse-<hash of the checkout path>/pg and .data/pg is a symlink to it.
+# /var/tmp/pulse-<hash of the data dir path>/pg and .data/pg is a symlink to it.
 
 PG_LINK="$DATA_DIR/pg"
-PG_EXT_HOME="/var/tmp/pulse-$(printf '%s' "$STACK_ROOT" | sha256sum | cut -c1-12)"
+PG_EXT_HOME="/var/tmp/pulse-$(printf '%s' "$DATA_DIR" | sha256sum | cut -c1-12)"
 PG_SOCKDIR="${PULSE_PG_SOCKET_DIR:-/var/run/postgresql}"
 PG_DB=pulse
 PG_ROLE=pulse
