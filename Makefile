@@ -89,6 +89,11 @@ k8s-tools: ## build the pinned kustomize into .tools/bin (once; cached after)
 k8s: deps k8s-tools ## render every k8s/ overlay, validate it against the schemas, check its wiring
 	@$(BIN)/pytest tests/unit/test_k8s.py
 
+.PHONY: soak
+soak: install ## outage soak: TimescaleDB, then Kafka, down $${SOAK_OUTAGE_SECONDS:-60} s under load (its own stack)
+	@$(BIN)/python -m benchmarks.soak_outages --service postgres --outage-seconds $${SOAK_OUTAGE_SECONDS:-60}
+	@$(BIN)/python -m benchmarks.soak_outages --service kafka --outage-seconds $${SOAK_OUTAGE_SECONDS:-60}
+
 .PHONY: lock
 lock: ## re-pin requirements.lock from pyproject.toml in a scratch venv
 	@bash scripts/lock.sh
