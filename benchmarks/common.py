@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,9 +177,11 @@ def run_flow(
     topics: dict[str, str],
     expect: int,
     extra_env: dict[str, str] | None = None,
+    *,
+    processes: int = 1,
 ) -> FlowRun:
-    """Run `pulse flow` (not tailing) over `topics` into a fresh database; check that it
-    counted `expect` events."""
+    """Run `pulse flow` (not tailing; `processes` of a cluster) over `topics` into a fresh
+    database; check that it counted `expect` events. Peak RSS: the largest process's."""
     with fresh_database(admin_dsn) as dsn, tempfile.TemporaryDirectory() as tmp:
         env = {
             "PULSE_KAFKA_BOOTSTRAP": bootstrap,
@@ -190,24 +192,33 @@ def run_flow(
             "PULSE_TOPIC_SHED": topics["shed"],
             "PULSE_TOPIC_NOTIFICATIONS": topics["notifications"],
             "PULSE_TAIL": "false",
-            "PULSE_API_PORT": str(free_port()),
             "PULSE_MAX_CAMPAIGNS_PER_DAY": "0",  # every event counted: nothing shed
             **(extra_env or {}),
         }
+        addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
         started = time.perf_counter()
         cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        with pulse_process("flow", env, Path(tmp)) as proc:
-            peak = PeakRss(proc.pid)
-            code = proc.wait(timeout=7200)
-            peak.join()
+        with ExitStack() as running:
+            procs = []
+            for i in range(processes):
+                own = {"PULSE_API_PORT": str(free_port()), "PULSE_HEALTH_PORT": str(free_port())}
+                if processes > 1:
+                    own |= {"PULSE_CLUSTER_ADDRESSES": addresses, "PULSE_PROCESS_ID": str(i)}
+                workdir = Path(tmp) / f"p{i}"
+                procs.append(running.enter_context(pulse_process("flow", env | own, workdir)))
+            peaks = [PeakRss(proc.pid) for proc in procs]
+            codes = [proc.wait(timeout=7200) for proc in procs]
+            for peak in peaks:
+                peak.join()
         elapsed = time.perf_counter() - started
         cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (
             cpu_before.ru_utime + cpu_before.ru_stime
         )
-        if code != 0:
-            log = (Path(tmp) / "flow.log").read_text()[-4000:]
-            raise SystemExit(f"pulse flow exited with {code}: {log}")
+        for i, code in enumerate(codes):
+            if code != 0:
+                log = (Path(tmp) / f"p{i}" / "flow.log").read_text()[-4000:]
+                raise SystemExit(f"pulse flow (process {i}) exited with {code}: {log}")
         with psycopg.connect(dsn) as conn:
             row = conn.execute(
                 "SELECT coalesce(sum(event_count), 0), count(*) FROM event_metrics"
@@ -223,4 +234,5 @@ def run_flow(
             if in_set != expect:
                 raise SystemExit(f"dimension set {name}: {in_set} events, expected {expect}")
         slice_rows = sum(int(r[2]) for r in sets)
-        return FlowRun(elapsed, cpu, peak.peak_kb * 1024, rows, slice_rows)
+        peak_kb = max(peak.peak_kb for peak in peaks)
+        return FlowRun(elapsed, cpu, peak_kb * 1024, rows, slice_rows)
