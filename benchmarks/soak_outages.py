@@ -47,6 +47,7 @@ class Sender:
         self.per_call = max(rate // 2, 1)
         self.accepted = 0  # events acknowledged (accepted or duplicates of retried calls)
         self.unavailable = 0
+        self.acknowledged_at: list[float] = []  # monotonic time of each acknowledged call
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -79,6 +80,7 @@ class Sender:
                         self.unavailable += 1
                         await asyncio.sleep(0.5)
                 self.accepted += len(events)
+                self.acknowledged_at.append(time.monotonic())
                 await asyncio.sleep(max(0.5 - (time.monotonic() - started), 0))
 
 
@@ -142,6 +144,7 @@ def soak(
         while counted(dsn) < owed:
             time.sleep(0.5)
         caught_up_s = time.monotonic() - back_at
+        accepting_s = next((t for t in sender.acknowledged_at if t >= back_at), back_at) - back_at
         time.sleep(5)
         sender.stopping.set()
         sender.thread.join()
@@ -153,7 +156,8 @@ def soak(
         f"{args.service} down {back_at - down_at:.0f} s at {args.rate:,} events/s: "
         f"dataflow alive {alive}; /readyz while down {ready_while_down}; "
         f"caught up {caught_up_s:.1f} s after it was back "
-        f"({owed:,} events accepted by then); {sender.unavailable} calls answered "
+        f"({owed:,} events accepted by then); the edge acknowledged calls again "
+        f"{accepting_s:.1f} s after it was back; {sender.unavailable} calls answered "
         f"UNAVAILABLE and sent again; counted {got:,} of {sender.accepted:,} accepted; "
         f"dataflow peak RSS {before_kb / 1024:.0f} MB before, "
         f"{peak.peak_kb / 1024:.0f} MB by the end"
