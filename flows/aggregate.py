@@ -35,13 +35,14 @@ from bytewax.outputs import DynamicSink, Sink
 from confluent_kafka import Message
 from opentelemetry.trace import Span, Tracer
 
-from pulse.aggregation import LateEvent
+from pulse.aggregation import LateEvent, MetricRow
 from pulse.alerts.engine import AlertEngine
 from pulse.alerts.model import AlertEvent
 from pulse.alerts.rules import Rule
-from pulse.corrections import CorrectionBatch
+from pulse.corrections import Correction, CorrectionBatch
 from pulse.dimensions import GroupBy
 from pulse.preagg import NO_TIME, RecordBatch
+from pulse.rollups import RollupRow
 from pulse.shedding import ShedEvent
 from pulse.windowing import NO_GROUPS, PartitionWindows, corrected_events
 from pulse.windows import TumblingWindows
@@ -198,22 +199,29 @@ class _PartitionLogic(StatefulBatchLogic[RecordBatch, Emitted, KeyedSnapshot]):
 
     def on_eof(self) -> tuple[Iterable[Emitted], bool]:
         """The input ended (a non-tailing run): write the rows still pending."""
-        return self._flush(), StatefulBatchLogic.RETAIN
+        if self._state is None:
+            return [], StatefulBatchLogic.RETAIN
+        return self._emit(*self._state.take_pending()), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        """With rows or corrections waiting for a refresh, a refresh interval from now:
-        a partition that goes quiet still writes them (each batch moves this on)."""
-        if self._state is None or not self._state.pending:
+        """When rows or corrections waiting for a refresh are due: a partition that goes
+        quiet still writes them (a batch before then refreshes them itself)."""
+        due_ms = None if self._state is None else self._state.next_refresh_ms()
+        if due_ms is None:
             return None
-        return datetime.now(UTC) + timedelta(milliseconds=self._config.refresh_ms)
+        wait_ms = max(due_ms - self._clock() * 1000, 0.0)
+        return datetime.now(UTC) + timedelta(milliseconds=wait_ms)
 
     def on_notify(self) -> tuple[Iterable[Emitted], bool]:
-        return self._flush(), StatefulBatchLogic.RETAIN
-
-    def _flush(self) -> list[Emitted]:
         if self._state is None:
-            return []
-        progress, rollups, corrections = self._state.take_pending()
+            return [], StatefulBatchLogic.RETAIN
+        due = self._state.take_due(self._clock() * 1000)
+        return self._emit(*due), StatefulBatchLogic.RETAIN
+
+    @staticmethod
+    def _emit(
+        progress: list[MetricRow], rollups: list[RollupRow], corrections: list[Correction]
+    ) -> list[Emitted]:
         rows: Emitted = [*progress, *rollups]
         if corrections:
             rows.append(CorrectionBatch(tuple(corrections)))

@@ -292,15 +292,36 @@ class PartitionWindows:
             self._rollups_refreshed_at = now_ms
         return out
 
-    @property
-    def pending(self) -> bool:
-        """Whether rows or corrections wait for the next refresh (a quiet partition's
-        shell flushes them with `take_pending` once the refresh interval has passed)."""
-        return bool(self._pending or self._corrections or self._rollups.changed)
+    def next_refresh_ms(self) -> float | None:
+        """When what waits for a refresh is due, in the clock of `apply`'s `now_ms`: rows
+        of open windows and corrections a refresh interval after the last refresh, rows of
+        changed hours and days a rollup interval after theirs; None when nothing waits
+        (a quiet partition's shell calls `take_due` then)."""
+        due = []
+        if self._pending or self._corrections:
+            due.append(self._refreshed_at + self._refresh_ms)
+        if self._rollups.changed:
+            due.append(self._rollups_refreshed_at + self._rollup_refresh_ms)
+        return min(due) if due else None
+
+    def take_due(self, now_ms: float) -> tuple[list[MetricRow], list[RollupRow], list[Correction]]:
+        """What a batch at `now_ms` would have refreshed: progress rows of open windows and
+        corrections, rows of changed hours and days, each once its interval has passed."""
+        progress: list[MetricRow] = []
+        corrections: list[Correction] = []
+        rollups: list[RollupRow] = []
+        if now_ms - self._refreshed_at >= self._refresh_ms:
+            progress = self.take_progress_rows()
+            corrections = self.take_corrections()
+            self._refreshed_at = now_ms
+        if now_ms - self._rollups_refreshed_at >= self._rollup_refresh_ms:
+            rollups = self._rollups.take_rows()
+            self._rollups_refreshed_at = now_ms
+        return progress, rollups, corrections
 
     def take_pending(self) -> tuple[list[MetricRow], list[RollupRow], list[Correction]]:
-        """Every row and correction waiting for a refresh: progress rows of open windows,
-        rows of changed hours and days, corrections."""
+        """Every row and correction waiting for a refresh (the input ended): progress rows
+        of open windows, rows of changed hours and days, corrections."""
         return self.take_progress_rows(), self.take_rollup_rows(), self.take_corrections()
 
     def take_corrections(self) -> list[Correction]:

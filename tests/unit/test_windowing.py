@@ -283,26 +283,26 @@ def test_snapshots_refreshed_per_change_equal_snapshots_made_afresh() -> None:
         assert snapshot.rollups.entries == afresh.snapshot().rollups.entries
 
 
-def test_what_waits_for_a_refresh_is_pending_until_taken() -> None:
-    state = PartitionWindows(0, MINUTE, LATENESS, IDLE, refresh_ms=1000, rollup_refresh_ms=10_000)
-    assert not state.pending
-    state.apply(one(("c", "view", T0 + 1, 1.0, "", 0, b"a", ())), now_ms=5_000)
-    state.apply(one(("c", "view", T0 + 2, 1.0, "", 1, b"b", ())), now_ms=5_500)
-    closing = state.apply(one(("c", "view", T0 + MINUTE + LATENESS, 1.0, "", 2, b"c", ())), 5_600)
-    assert [r.closed for r in closing.rows] == [True]
-    # A late event within the horizon: its correction waits for the refresh too.
+def test_what_waits_for_a_refresh_is_due_on_its_own_pace() -> None:
     state = PartitionWindows(
         0, MINUTE, LATENESS, IDLE, refresh_ms=1000, rollup_refresh_ms=10_000, correction_ms=MINUTE
     )
+    assert state.next_refresh_ms() is None
     state.apply(one(("c", "view", T0 + 1, 1.0, "", 0, b"a", ())), now_ms=5_000)
     state.apply(one(("c", "view", T0 + MINUTE + LATENESS, 1.0, "", 1, b"b", ())), now_ms=5_100)
+    # A late event within the horizon: its correction waits for the refresh too.
     state.apply(one(("c", "view", T0 + 5, 2.0, "", 2, b"c", ())), now_ms=5_200)
-    assert state.pending
-    progress, rollups, corrections = state.take_pending()
+    assert state.next_refresh_ms() == 6_000  # the rows and correction; rollups at 15,000
+    assert state.take_due(5_900) == ([], [], [])  # not yet
+    progress, rollups, corrections = state.take_due(6_000)
     assert [(r.bucket_start_ms, r.event_count, r.closed) for r in progress] == [
         (T0 + MINUTE, 1, False)
     ]
-    assert sorted((r.resolution.value, r.event_count) for r in rollups) == [("day", 2), ("hour", 2)]
+    assert rollups == []  # their own, slower pace
     assert [(c.bucket_start_ms, c.offsets) for c in corrections] == [(T0, (2,))]
-    assert not state.pending
+    assert state.next_refresh_ms() == 15_000
+    progress, rollups, corrections = state.take_due(15_000)
+    assert (progress, corrections) == ([], [])
+    assert sorted((r.resolution.value, r.event_count) for r in rollups) == [("day", 2), ("hour", 2)]
+    assert state.next_refresh_ms() is None
     assert state.take_pending() == ([], [], [])
