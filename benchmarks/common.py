@@ -20,8 +20,8 @@ import psycopg
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.settings import CommonSettings, load
-from sinks.scratch import create_database, drop_database
-from sinks.topics import ensure_topics
+from runtime.topics import ensure_topics
+from tests.scratch import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,7 +118,7 @@ def pulse_process(
     workdir.mkdir(parents=True, exist_ok=True)
     with (workdir / f"{command}.log").open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pulse", command],
+            [sys.executable, "-m", "cli", command],
             env={**os.environ, **env},
             stdout=log,
             stderr=log,

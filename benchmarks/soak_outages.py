@@ -34,8 +34,8 @@ import psycopg
 from benchmarks.common import ROOT, PeakRss, free_port, pulse_process
 from ingest.client import PulseClient
 from protos.analytics.v1 import analytics_pb2 as pb
+from runtime.topics import ensure_topics
 from sinks.schema import migrate
-from sinks.topics import ensure_topics
 
 
 class Sender:

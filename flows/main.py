@@ -24,8 +24,8 @@ from pulse import settings as settings_mod
 from pulse.alerts.rules import Rule, load_rules
 from pulse.errors import ConfigError, PulseError
 from pulse.settings import FlowSettings
-from sinks import otel
-from sinks.health import HealthServer, kafka_admin, kafka_check, postgres_check
+from runtime import otel
+from runtime.health import HealthServer, kafka_admin, kafka_check, postgres_check
 from sinks.kafka_outputs import NotificationSink, SideOutputSink
 from sinks.timescale_writer import TimescaleSink
 

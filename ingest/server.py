@@ -17,9 +17,9 @@ from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from pulse.health import CheckResult
 from pulse.settings import IngestSettings
 from pulse.timeutil import now_ms
-from sinks import otel
-from sinks.health import HealthServer, kafka_check, postgres_check
-from sinks.timescale_reader import TimescaleMetricsReader
+from query.metrics import TimescaleMetricsReader
+from runtime import otel
+from runtime.health import HealthServer, kafka_check, postgres_check
 
 from .heartbeat import HeartbeatWriter, edge_source
 from .interceptors import MetricsInterceptor

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.alerts.model import AlertEvent, AlertState
 from pulse.errors import KafkaAdminError, KafkaDeliveryError
-from sinks.topics import StoredRecord, partition_counts, read_last_records, read_records
+from runtime.topics import StoredRecord, partition_counts, read_last_records, read_records
 
 log = logging.getLogger(__name__)
 

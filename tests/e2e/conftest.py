@@ -86,7 +86,7 @@ class Pipeline:
             if name in self.health_ports:
                 env["PULSE_HEALTH_PORT"] = str(self.health_ports[name])
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "pulse", name],
+                [sys.executable, "-m", "cli", name],
                 env=env,
                 stdout=log,
                 stderr=log,

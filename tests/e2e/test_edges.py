@@ -32,14 +32,14 @@ def test_two_edge_replicas_serving_at_once_give_exact_results(
         }
         with (tmp_path / "serve-replica.log").open("wb") as log:
             replica = subprocess.Popen(
-                [sys.executable, "-m", "pulse", "serve"],
+                [sys.executable, "-m", "cli", "serve"],
                 env=replica_env,
                 stdout=log,
                 stderr=log,
                 cwd=tmp_path,
             )
         try:
-            waited = [sys.executable, "-m", "pulse", "health", "--target", second, "--wait", "30"]
+            waited = [sys.executable, "-m", "cli", "health", "--target", second, "--wait", "30"]
             subprocess.run(waited, check=True, capture_output=True, timeout=60)
             sent = asyncio.run(send(pipeline.target, second, campaigns))
             buckets, _late, got = wait_exact(pipeline, campaigns)

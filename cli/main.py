@@ -7,7 +7,7 @@ import sys
 
 from pulse import settings as settings_mod
 from pulse.errors import PulseError
-from pulse.logs import configure, log_config
+from runtime.logs import configure, log_config
 
 
 def _serve(_args: argparse.Namespace) -> None:
@@ -34,8 +34,8 @@ def _flow(_args: argparse.Namespace) -> None:
 
 
 def _migrate(_args: argparse.Namespace) -> None:
+    from runtime.topics import ensure_topics
     from sinks.schema import migrate
-    from sinks.topics import ensure_topics
 
     s = settings_mod.load(settings_mod.CommonSettings)
     configure(s.log_level, s.log_format)
@@ -71,7 +71,7 @@ def _load(args: argparse.Namespace) -> None:
 def _notifications(args: argparse.Namespace) -> None:
     import os
 
-    from sinks.notification_tail import NotificationTail, format_json, format_line
+    from query.notifications import NotificationTail, format_json, format_line
 
     s = settings_mod.load(settings_mod.CommonSettings)
     configure(s.log_level, s.log_format)
