@@ -22,15 +22,7 @@ def _serve(_args: argparse.Namespace) -> None:
 def _flow(_args: argparse.Namespace) -> None:
     from flows.main import run
 
-    s = settings_mod.load(settings_mod.FlowSettings)
-    configure(s.log_level, s.log_format)
-    log_config(logging.getLogger("pulse.flow"), s)
-    if s.starting_offset == "end" and not s.recovery_dir:
-        logging.getLogger("pulse.flow").warning(
-            "PULSE_STARTING_OFFSET=end: without a recovery store, events produced while the "
-            "dataflow is down are never counted"
-        )
-    run(s)
+    run(settings_mod.load(settings_mod.FlowSettings))  # logging and the rest: flows.main
 
 
 def _migrate(_args: argparse.Namespace) -> None:

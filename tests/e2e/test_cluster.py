@@ -35,9 +35,9 @@ from pulse.timeutil import datetime_to_ms
 from runtime.topics import ensure_topics
 from sinks.kafka_outputs import from_notification
 from tests.conftest import Stack
-from tests.e2e.conftest import free_port
 from tests.e2e.test_analytics import within_rank
 from tests.kafka import consume_all, delete_topics
+from tests.ports import free_port
 from tests.reference import Bucket, Ev, windows_reference
 from tests.scratch import create_database, drop_database
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ingest.client import PulseClient
 from tests.conftest import Stack, Topics
-from tests.e2e.conftest import free_port, running
+from tests.e2e.conftest import running
 from tests.e2e.test_real_clients import env, event, now_ms, wait_exact
+from tests.ports import free_port
 
 
 def test_two_edge_replicas_serving_at_once_give_exact_results(

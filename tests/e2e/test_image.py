@@ -27,7 +27,7 @@ from ingest.client import PulseClient
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.settings import FlowSettings, IngestSettings
 from tests.conftest import Stack
-from tests.e2e.conftest import free_port
+from tests.ports import free_port
 from tests.reference import aggregate
 from tests.scratch import drop_database
 
