@@ -11,12 +11,9 @@ from runtime.logs import configure, log_config
 
 
 def _serve(_args: argparse.Namespace) -> None:
-    from ingest.server import serve
+    from ingest.server import run
 
-    s = settings_mod.load(settings_mod.IngestSettings)
-    configure(s.log_level, s.log_format)
-    log_config(logging.getLogger("pulse.serve"), s)
-    asyncio.run(serve(s))
+    run(settings_mod.load(settings_mod.IngestSettings))  # logging and the rest: ingest.server
 
 
 def _flow(_args: argparse.Namespace) -> None:
