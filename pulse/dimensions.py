@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pulse.errors import ConfigError
-from pulse.windows import DAY_MS
+from pulse.windows import DAY_MS, bucket_start
 
 SEP = "\x1f"
 MISSING = "__missing__"
@@ -155,7 +155,7 @@ class Slicer:
 
     def series(self, event_type: str, ts: int, values: tuple[str, ...]) -> list[str]:
         """The series of the event's slices, one per dimension set, in set order."""
-        day = ts - ts % DAY_MS
+        day = bucket_start(ts, DAY_MS)
         known = self._answers.get((day, event_type, values))
         if known is not None:
             out, others = known

@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from pulse.aggregation import EventTuple, LateEvent, Partial
 from pulse.dimensions import Slicer
+from pulse.windows import bucket_start
 
 NO_TIME = -(2**63)  # "no watermark yet": below every event time
 
@@ -161,7 +162,7 @@ def preaggregate(
             if ts > heartbeat:
                 heartbeat, heartbeat_wm = ts, ts - idle_ms
             continue
-        start = ts - ts % window_ms
+        start = bucket_start(ts, window_ms)
         prev = seen.get(campaign_id)
         if prev is None:  # an event never makes itself late: its own time may seed
             prev = seen[campaign_id] = known.get(campaign_id, ts)

@@ -6,7 +6,7 @@ from enum import IntEnum
 
 from pulse.dimensions import MAX_NAME_CHARS, MAX_SET_DIMENSIONS, MAX_VALUE_CHARS, parse_set
 from pulse.errors import ConfigError, QueryError
-from pulse.windows import DAY_MS
+from pulse.windows import DAY_MS, HOUR_MS, bucket_start, ceil_to_bucket
 
 
 class Resolution(IntEnum):
@@ -26,7 +26,7 @@ MAX_RANGE_MS = {
 MAX_ID_CHARS = 128
 MIN_TIME_MS = 0  # 1970-01-01, as for event timestamps
 MAX_TIME_MS = 253_402_300_800_000  # 10000-01-01, exclusive end
-_BUCKET_MS = {Resolution.MINUTE: 0, Resolution.HOUR: 3_600_000, Resolution.DAY: DAY_MS}
+_BUCKET_MS = {Resolution.MINUTE: 0, Resolution.HOUR: HOUR_MS, Resolution.DAY: DAY_MS}
 
 
 Dimensions = tuple[tuple[str, str], ...]  # (name, value) pairs, sorted by name
@@ -94,8 +94,8 @@ class MetricsQuery:
             raise QueryError(f"range too wide for {res.name} resolution: at most {days} days")
         step = _BUCKET_MS[res]
         if step:  # widen to whole hours or days, so every returned point is complete
-            start_ms -= start_ms % step
-            end_ms += -end_ms % step
+            start_ms = bucket_start(start_ms, step)
+            end_ms = ceil_to_bucket(end_ms, step)
         dimension_set, wanted = _slices(group_by, dimensions or {})
         return cls(campaign_id, event_type or None, start_ms, end_ms, res, dimension_set, wanted)
 
