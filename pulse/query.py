@@ -4,8 +4,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
-from pulse.dimensions import MAX_NAME_CHARS, MAX_SET_DIMENSIONS, MAX_VALUE_CHARS, parse_set
+from pulse.dimensions import MAX_SET_DIMENSIONS, parse_set
 from pulse.errors import ConfigError, QueryError
+from pulse.limits import (
+    MAX_DIMENSION_KEY_CHARS,
+    MAX_DIMENSION_VALUE_CHARS,
+    MAX_EVENT_TYPE_CHARS,
+    MAX_ID_CHARS,
+    MAX_TIMESTAMP_MS,
+    MIN_TIMESTAMP_MS,
+)
 from pulse.windows import DAY_MS, HOUR_MS, bucket_start, ceil_to_bucket
 
 
@@ -23,9 +31,8 @@ MAX_RANGE_MS = {
     Resolution.HOUR: 400 * DAY_MS,
     Resolution.DAY: 10 * 366 * DAY_MS,
 }
-MAX_ID_CHARS = 128
-MIN_TIME_MS = 0  # 1970-01-01, as for event timestamps
-MAX_TIME_MS = 253_402_300_800_000  # 10000-01-01, exclusive end
+MIN_TIME_MS = MIN_TIMESTAMP_MS  # as for event timestamps
+MAX_TIME_MS = MAX_TIMESTAMP_MS + 1  # 10000-01-01, the exclusive end
 _BUCKET_MS = {Resolution.MINUTE: 0, Resolution.HOUR: HOUR_MS, Resolution.DAY: DAY_MS}
 
 
@@ -38,7 +45,7 @@ def _slices(group_by: str, dimensions: Mapping[str, str]) -> tuple[str | None, D
         if dimensions:
             raise QueryError("a dimensions filter needs group_by naming its dimensions")
         return None, ()
-    if len(group_by) > MAX_SET_DIMENSIONS * (MAX_NAME_CHARS + 1):
+    if len(group_by) > MAX_SET_DIMENSIONS * (MAX_DIMENSION_KEY_CHARS + 1):
         raise QueryError("group_by is too long")
     try:
         names = parse_set(group_by)
@@ -47,7 +54,7 @@ def _slices(group_by: str, dimensions: Mapping[str, str]) -> tuple[str | None, D
     for name, value in dimensions.items():
         if name not in names:
             raise QueryError(f"dimensions filter on {name!r}, which group_by does not name")
-        if len(value) > MAX_VALUE_CHARS:
+        if len(value) > MAX_DIMENSION_VALUE_CHARS:
             raise QueryError(f"dimensions filter value of {name!r} is too long")
     return ",".join(names), tuple(sorted(dimensions.items()))
 
@@ -79,8 +86,8 @@ class MetricsQuery:
         """Validate raw request fields; raise QueryError with the reason otherwise."""
         if not campaign_id or len(campaign_id) > MAX_ID_CHARS:
             raise QueryError(f"campaign_id must have 1..{MAX_ID_CHARS} characters")
-        if len(event_type) > MAX_ID_CHARS:
-            raise QueryError(f"event_type must have at most {MAX_ID_CHARS} characters")
+        if len(event_type) > MAX_EVENT_TYPE_CHARS:
+            raise QueryError(f"event_type must have at most {MAX_EVENT_TYPE_CHARS} characters")
         if not (start_ms >= MIN_TIME_MS and end_ms <= MAX_TIME_MS):
             raise QueryError(f"start_ms and end_ms must lie within {MIN_TIME_MS}..{MAX_TIME_MS}")
         if end_ms <= start_ms:
