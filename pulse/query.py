@@ -17,8 +17,11 @@ from pulse.limits import (
 from pulse.windows import DAY_MS, HOUR_MS, bucket_start, ceil_to_bucket
 
 
-class Resolution(IntEnum):
-    """Bucket size of returned points. Values match `analytics.v1.Resolution`."""
+class QueryResolution(IntEnum):
+    """Bucket size of returned points. Values match `analytics.v1.Resolution`.
+
+    Not `pulse.rollups.Resolution`, the two rollup levels the dataflow stores.
+    """
 
     MINUTE = 1
     HOUR = 2
@@ -27,13 +30,13 @@ class Resolution(IntEnum):
 
 # The widest range one query may ask for, per resolution (bounds the rows returned).
 MAX_RANGE_MS = {
-    Resolution.MINUTE: 31 * DAY_MS,
-    Resolution.HOUR: 400 * DAY_MS,
-    Resolution.DAY: 10 * 366 * DAY_MS,
+    QueryResolution.MINUTE: 31 * DAY_MS,
+    QueryResolution.HOUR: 400 * DAY_MS,
+    QueryResolution.DAY: 10 * 366 * DAY_MS,
 }
 MIN_TIME_MS = MIN_TIMESTAMP_MS  # as for event timestamps
 MAX_TIME_MS = MAX_TIMESTAMP_MS + 1  # 10000-01-01, the exclusive end
-_BUCKET_MS = {Resolution.MINUTE: 0, Resolution.HOUR: HOUR_MS, Resolution.DAY: DAY_MS}
+_BUCKET_MS = {QueryResolution.MINUTE: 0, QueryResolution.HOUR: HOUR_MS, QueryResolution.DAY: DAY_MS}
 
 
 Dimensions = tuple[tuple[str, str], ...]  # (name, value) pairs, sorted by name
@@ -68,7 +71,7 @@ class MetricsQuery:
     event_type: str | None
     start_ms: int
     end_ms: int
-    resolution: Resolution
+    resolution: QueryResolution
     dimension_set: str | None = None
     dimensions: Dimensions = ()
 
@@ -93,7 +96,7 @@ class MetricsQuery:
         if end_ms <= start_ms:
             raise QueryError(f"end_ms ({end_ms}) must be after start_ms ({start_ms})")
         try:
-            res = Resolution(resolution or Resolution.MINUTE)
+            res = QueryResolution(resolution or QueryResolution.MINUTE)
         except ValueError:
             raise QueryError(f"unknown resolution {resolution}") from None
         if end_ms - start_ms > MAX_RANGE_MS[res]:

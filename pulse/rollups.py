@@ -22,7 +22,9 @@ from pulse.windows import DAY_MS, HOUR_MS, bucket_start
 
 
 class Resolution(StrEnum):
-    """Rollup resolutions, as stored in `event_sketch_rollups.resolution`."""
+    """Rollup resolutions, as stored in `event_sketch_rollups.resolution` (and pickled in
+    recovery snapshots: the class keeps this name and module). A query's resolution is
+    `pulse.query.QueryResolution`."""
 
     HOUR = "hour"
     DAY = "day"

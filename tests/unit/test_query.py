@@ -1,7 +1,7 @@
 import pytest
 
 from pulse.errors import QueryError
-from pulse.query import MetricPointRow, MetricsQuery, Resolution
+from pulse.query import MetricPointRow, MetricsQuery, QueryResolution
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -12,7 +12,7 @@ def test_minute_query_keeps_its_range() -> None:
     assert (q.start_ms, q.end_ms, q.resolution, q.event_type) == (
         1_000,
         61_000,
-        Resolution.MINUTE,
+        QueryResolution.MINUTE,
         None,
     )
 
