@@ -17,9 +17,9 @@ import grpc
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
+from tests.ports import free_port
 
 from .common import (
-    free_port,
     fresh_topics,
     pulse_process,
     stack,

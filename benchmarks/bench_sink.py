@@ -15,7 +15,8 @@ import psycopg
 
 from pulse import sketches
 from pulse.aggregation import MetricRow, WindowAggregate
-from pulse.rollups import HOUR_MS, Resolution, RollupRow
+from pulse.rollups import Resolution, RollupRow
+from pulse.windows import HOUR_MS
 from sinks.timescale_writer import TimescaleSink
 
 from .common import fresh_database, stack

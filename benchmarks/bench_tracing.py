@@ -24,10 +24,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ingest.interceptors import MetricsInterceptor
 from protos.analytics.v1 import analytics_pb2 as pb
-from sinks import otel
+from runtime import otel
+from tests.ports import free_port
 
 from .bench_ingest import measure, wait_serving
-from .common import free_port, fresh_topics, pulse_process, stack, synthetic_events
+from .common import fresh_topics, pulse_process, stack, synthetic_events
 
 
 class Receiver:

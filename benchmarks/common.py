@@ -4,7 +4,6 @@ import os
 import random
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,8 +19,9 @@ import psycopg
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.settings import CommonSettings, load
-from sinks.scratch import create_database, drop_database
-from sinks.topics import ensure_topics
+from runtime.topics import ensure_topics
+from tests.ports import free_port
+from tests.scratch import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,23 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def stack() -> tuple[str, str]:
     s = load(CommonSettings)
     return s.kafka_bootstrap, s.pg_dsn.get_secret_value()
-
-
-def free_port() -> int:
-    """A port free on every address, below the kernel's ephemeral range (32768 and up):
-    a port from that range can be taken by an outgoing connection between this check
-    and the server's bind (a dataflow then lost its API port to a Kafka client)."""
-    rng = random.Random()
-    for _ in range(100):
-        port = rng.randrange(20_000, 32_768)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("0.0.0.0", port))  # noqa: S104 (the dataflow's API binds it)
-            except OSError:
-                continue
-            return port
-    msg = "no free port in 20000-32767"
-    raise RuntimeError(msg)
 
 
 def fresh_topics(bootstrap: str, partitions: int = 4) -> dict[str, str]:
@@ -118,7 +101,7 @@ def pulse_process(
     workdir.mkdir(parents=True, exist_ok=True)
     with (workdir / f"{command}.log").open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pulse", command],
+            [sys.executable, "-m", "cli", command],
             env={**os.environ, **env},
             stdout=log,
             stderr=log,

@@ -31,11 +31,12 @@ from pathlib import Path
 import grpc
 import psycopg
 
-from benchmarks.common import ROOT, PeakRss, free_port, pulse_process
+from benchmarks.common import ROOT, PeakRss, pulse_process
 from ingest.client import PulseClient
 from protos.analytics.v1 import analytics_pb2 as pb
+from runtime.topics import ensure_topics
 from sinks.schema import migrate
-from sinks.topics import ensure_topics
+from tests.ports import free_port
 
 
 class Sender:

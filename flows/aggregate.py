@@ -46,7 +46,7 @@ from pulse.rollups import RollupRow
 from pulse.shedding import ShedEvent
 from pulse.windowing import NO_GROUPS, PartitionWindows, corrected_events
 from pulse.windows import TumblingWindows
-from sinks import otel
+from runtime import otel
 from sinks.kafka_outputs import SideRecord
 from sinks.timescale_writer import StoreItem
 

@@ -1,6 +1,7 @@
 """Composition root of the dataflow worker: settings -> Kafka source, sinks, rules -> flow.
 
-Run with `pulse flow`, or as a Bytewax cluster:
+`start_worker` is the one builder: `pulse flow` (and so the container) runs it through
+`run`, and a Bytewax cluster started by hand through `get_flow`:
 `python -m bytewax.run "flows.main:get_flow()" -w 1 -i 0 -a "host0:2101;host1:2101"`
 (with `-r DIR -s SECONDS -b SECONDS` for recovery).
 """
@@ -11,6 +12,7 @@ import os
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,8 +26,9 @@ from pulse import settings as settings_mod
 from pulse.alerts.rules import Rule, load_rules
 from pulse.errors import ConfigError, PulseError
 from pulse.settings import FlowSettings
-from sinks import otel
-from sinks.health import HealthServer, kafka_admin, kafka_check, postgres_check
+from runtime import otel
+from runtime.health import HealthServer, kafka_admin, kafka_check, postgres_check
+from runtime.logs import configure, log_config
 from sinks.kafka_outputs import NotificationSink, SideOutputSink
 from sinks.timescale_writer import TimescaleSink
 
@@ -103,14 +106,6 @@ def flow_from_settings(s: FlowSettings, tracer: Tracer | None = None) -> Dataflo
     )
 
 
-def get_flow() -> Dataflow:
-    """Entry point for `python -m bytewax.run "flows.main:get_flow()"`."""
-    tracing = otel.setup(otel.FLOW_SERVICE)  # off unless an OTLP endpoint is set
-    if tracing.enabled:
-        atexit.register(tracing.shutdown)
-    return flow_from_settings(settings_mod.load(FlowSettings), tracing.tracer)
-
-
 def enable_api(s: FlowSettings) -> None:
     """Bytewax serves /metrics (ours included) and /dataflow on the API port.
 
@@ -178,20 +173,59 @@ def _pulse_error(exc: BaseException) -> PulseError | None:
     return None
 
 
-def run(s: FlowSettings) -> None:
-    """Run this process's workers until the input ends or the process is stopped.
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A started dataflow process, before its workers run: the flow and what `close` stops."""
 
+    flow: Dataflow
+    tracing: otel.Tracing
+    health_server: HealthServer | None
+
+    def close(self) -> None:
+        """Stop the health endpoints and export the last spans (bounded by a timeout)."""
+        if self.health_server is not None:
+            self.health_server.close()
+        self.tracing.shutdown()
+
+
+def start_worker(s: FlowSettings) -> Worker:
+    """Everything a dataflow process does before its workers run, however it was started.
+
+    Configures logging, logs the effective config and the start-up warnings, sets up
+    tracing, builds the flow, enables the Bytewax API and starts the health endpoints.
     SIGTERM (Kubernetes, podman stop) stops the workers as SIGINT does: without a
-    handler, Python ignores it as a container's process 1."""
+    handler, Python ignores it as a container's process 1.
+    """
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
+    configure(s.log_level, s.log_format)
+    startup = logging.getLogger("pulse.flow")
+    log_config(startup, s)
+    if s.starting_offset == "end" and not s.recovery_dir:
+        startup.warning(
+            "PULSE_STARTING_OFFSET=end: without a recovery store, events produced while the "
+            "dataflow is down are never counted"
+        )
     tracing = otel.setup(otel.FLOW_SERVICE)  # off unless an OTLP endpoint is set
     flow = flow_from_settings(s, tracing.tracer)
     enable_api(s)
-    health_server = start_health(s, started)
+    return Worker(flow, tracing, start_health(s, started))
+
+
+def get_flow() -> Dataflow:
+    """Entry point for `python -m bytewax.run "flows.main:get_flow()"`: settings from the
+    environment, the cluster and recovery from Bytewax's own arguments."""
+    worker = start_worker(settings_mod.load(FlowSettings))
+    atexit.register(worker.close)
+    return worker.flow
+
+
+def run(s: FlowSettings) -> None:
+    """Run this process's workers until the input ends or the process is stopped."""
+    worker = start_worker(s)
     try:
         cli_main(  # type: ignore[no-untyped-call]
-            flow,
+            worker.flow,
             workers_per_process=s.workers,
             process_id=s.cluster_process_id if s.addresses else None,
             addresses=s.addresses or None,
@@ -206,6 +240,4 @@ def run(s: FlowSettings) -> None:
             log.exception("dataflow stopped: %s", exc)
         raise SystemExit(1) from None
     finally:
-        if health_server is not None:
-            health_server.close()
-        tracing.shutdown()  # the last spans, bounded by a timeout
+        worker.close()

@@ -20,6 +20,7 @@ from xxhash import xxh3_128_digest
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.aggregation import LateEvent
+from pulse.headers import ERROR_HEADER, HEARTBEAT_KEY, SOURCE_HEADER, TRACEPARENT, position
 from pulse.preagg import NO_TIME, Record, RecordBatch, heartbeat_record
 from pulse.shedding import ShedEvent
 from pulse.validation import Limits, check_values
@@ -31,14 +32,12 @@ from .routing import state_key
 log = logging.getLogger(__name__)
 
 DEFAULT_LIMITS = Limits()
-HEARTBEAT_KEY = b""
 USER_DIMENSION = "user_id"
-TRACEPARENT = "traceparent"
 MAX_TRACE_PARENTS = 128  # per chunk: the SDK keeps at most 128 links per span by default
 
 
 def source_header(topic: str, partition: int, offset: int) -> tuple[str, bytes]:
-    return ("pulse.source", f"{topic}[{partition}]@{offset}".encode())
+    return (SOURCE_HEADER, position(topic, partition, offset).encode())
 
 
 def trace_parents(items: list[Message]) -> dict[int, tuple[bytes, ...]]:
@@ -63,7 +62,7 @@ def _dead(msg: Message, error: str, dlq_topic: str) -> SideRecord:
         topic=dlq_topic,
         key=msg.key(),
         value=msg.value(),
-        headers=(("pulse.error", error.encode()), source_header(topic, partition, offset)),
+        headers=((ERROR_HEADER, error.encode()), source_header(topic, partition, offset)),
         source_topic=topic,
         source_partition=partition,
         source_offset=offset,
@@ -204,7 +203,7 @@ def _aside(
         topic=topic,
         key=campaign_id.encode(),
         value=raw,
-        headers=(("pulse.error", error.encode()), source_header(*source)),
+        headers=((ERROR_HEADER, error.encode()), source_header(*source)),
         source_topic=source_topic,
         source_partition=partition,
         source_offset=offset,

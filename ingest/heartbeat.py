@@ -21,15 +21,12 @@ from collections.abc import Callable
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from protos.analytics.v1 import analytics_pb2 as pb
+from pulse.headers import HEARTBEAT_KEY, HEARTBEAT_KIND, KIND_HEADER
 from pulse.timeutil import now_ms
 
 from . import metrics
 
 log = logging.getLogger(__name__)
-
-KIND_HEADER = "pulse.kind"
-HEARTBEAT_KIND = b"heartbeat"
-HEARTBEAT_KEY = b""
 
 
 def edge_source(port: int, host: str | None = None) -> str:

@@ -22,7 +22,7 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from sinks import otel
+from runtime import otel
 
 from . import metrics
 

@@ -1,8 +1,9 @@
 """Asyncio adapter over confluent-kafka's idempotent producer (`acks=all`).
 
-Records are produced as soon as they arrive and grouped into a `Delivery`, whose
-`acknowledged()` resolves only once Kafka has acknowledged every one of its records:
-that is what lets the edge report an event as accepted.
+Records are produced as soon as they arrive and grouped into a `KafkaDelivery` (what
+the servicer's `Delivery` port is here), whose `acknowledged()` resolves only once Kafka
+has acknowledged every one of its records: that is what lets the edge report an event
+as accepted.
 """
 
 import asyncio
@@ -19,7 +20,7 @@ from pulse.errors import KafkaDeliveryError
 log = logging.getLogger(__name__)
 
 
-class Delivery:
+class KafkaDelivery:
     """A group of produced records whose acknowledgements are awaited together.
 
     `produced` is written only by the event loop and `delivered` only by the poll
@@ -141,10 +142,10 @@ class KafkaEventProducer:
         while not self._stop.is_set():
             self.raw_producer.poll(0.05)
 
-    def open(self, headers: list[tuple[str, str | bytes | None]] | None = None) -> Delivery:
+    def open(self, headers: list[tuple[str, str | bytes | None]] | None = None) -> KafkaDelivery:
         """Start a group of records acknowledged together (call on the event loop);
         `headers`, if any, are sent with each of its records."""
-        return Delivery(self, asyncio.get_running_loop(), headers)
+        return KafkaDelivery(self, asyncio.get_running_loop(), headers)
 
     async def send(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Produce the records and wait until Kafka acknowledged all of them."""

@@ -17,9 +17,10 @@ from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from pulse.health import CheckResult
 from pulse.settings import IngestSettings
 from pulse.timeutil import now_ms
-from sinks import otel
-from sinks.health import HealthServer, kafka_check, postgres_check
-from sinks.timescale_reader import TimescaleMetricsReader
+from query.metrics import TimescaleMetricsReader
+from runtime import otel
+from runtime.health import HealthServer, kafka_check, postgres_check
+from runtime.logs import configure, log_config
 
 from .heartbeat import HeartbeatWriter, edge_source
 from .interceptors import MetricsInterceptor
@@ -156,3 +157,10 @@ async def serve(settings: IngestSettings) -> None:
     if health_server is not None:
         health_server.close()
     await asyncio.to_thread(tracing.shutdown)  # the last spans, bounded by a timeout
+
+
+def run(settings: IngestSettings) -> None:
+    """The edge process: logging in the configured format, the config line, then `serve`."""
+    configure(settings.log_level, settings.log_format)
+    log_config(logging.getLogger("pulse.serve"), settings)
+    asyncio.run(serve(settings))

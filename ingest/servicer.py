@@ -15,7 +15,7 @@ from pulse.dedup import event_digest
 from pulse.errors import KafkaDeliveryError, PulseError, QueryError, SinkError
 from pulse.query import MetricPointRow, MetricsQuery
 from pulse.validation import Limits, Reason, check_event
-from sinks import otel
+from runtime import otel
 
 from . import metrics
 from .recent_ids import RecentIds

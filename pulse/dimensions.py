@@ -28,15 +28,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pulse.errors import ConfigError
-from pulse.windows import DAY_MS
+from pulse.limits import MAX_DIMENSION_KEY_CHARS, MAX_DIMENSION_VALUE_CHARS
+from pulse.windows import DAY_MS, bucket_start
 
 SEP = "\x1f"
 MISSING = "__missing__"
 OTHER = "__other__"
 MAX_SETS = 8  # dimension sets one deployment may configure
 MAX_SET_DIMENSIONS = 4  # dimensions in one set
-MAX_VALUE_CHARS = 256  # as the edge's limit on a dimension value
-MAX_NAME_CHARS = 64  # as the edge's limit on a dimension key
 DEFAULT_MAX_VALUES = 1000  # distinct values per dimension, partition and day
 MAX_ANSWERS = 65_536  # remembered slicing answers (cleared when full)
 RESERVED = frozenset({"user_id"})  # aggregated as distinct users, never sliced
@@ -57,7 +56,7 @@ def parse_set(text: str) -> DimensionSet:
         msg = f"dimension set {text!r} has {len(names)} dimensions, limit {MAX_SET_DIMENSIONS}"
         raise ConfigError(msg)
     for name in names:
-        if len(name) > MAX_NAME_CHARS or not name.isprintable() or SEP in name:
+        if len(name) > MAX_DIMENSION_KEY_CHARS or not name.isprintable() or SEP in name:
             raise ConfigError(f"invalid dimension name {name!r}")
         if name in RESERVED:
             raise ConfigError(f"dimension {name!r} is aggregated as distinct users, not sliced")
@@ -124,7 +123,7 @@ def series_of_row(event_type: str, name: str, dims: dict[str, str]) -> str:
 def _clean(value: str) -> str:
     if not value:
         return MISSING
-    if len(value) > MAX_VALUE_CHARS or not value.isprintable():
+    if len(value) > MAX_DIMENSION_VALUE_CHARS or not value.isprintable():
         return OTHER
     return value
 
@@ -155,7 +154,7 @@ class Slicer:
 
     def series(self, event_type: str, ts: int, values: tuple[str, ...]) -> list[str]:
         """The series of the event's slices, one per dimension set, in set order."""
-        day = ts - ts % DAY_MS
+        day = bucket_start(ts, DAY_MS)
         known = self._answers.get((day, event_type, values))
         if known is not None:
             out, others = known

@@ -161,7 +161,7 @@ def preaggregate(
             if ts > heartbeat:
                 heartbeat, heartbeat_wm = ts, ts - idle_ms
             continue
-        start = ts - ts % window_ms
+        start = ts - ts % window_ms  # `bucket_start`, inlined: this loop runs per event
         prev = seen.get(campaign_id)
         if prev is None:  # an event never makes itself late: its own time may seed
             prev = seen[campaign_id] = known.get(campaign_id, ts)

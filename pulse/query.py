@@ -4,13 +4,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
-from pulse.dimensions import MAX_NAME_CHARS, MAX_SET_DIMENSIONS, MAX_VALUE_CHARS, parse_set
+from pulse.dimensions import MAX_SET_DIMENSIONS, parse_set
 from pulse.errors import ConfigError, QueryError
-from pulse.windows import DAY_MS
+from pulse.limits import (
+    MAX_DIMENSION_KEY_CHARS,
+    MAX_DIMENSION_VALUE_CHARS,
+    MAX_EVENT_TYPE_CHARS,
+    MAX_ID_CHARS,
+    MAX_TIMESTAMP_MS,
+    MIN_TIMESTAMP_MS,
+)
+from pulse.windows import DAY_MS, HOUR_MS, bucket_start, ceil_to_bucket
 
 
-class Resolution(IntEnum):
-    """Bucket size of returned points. Values match `analytics.v1.Resolution`."""
+class QueryResolution(IntEnum):
+    """Bucket size of returned points. Values match `analytics.v1.Resolution`.
+
+    Not `pulse.rollups.Resolution`, the two rollup levels the dataflow stores.
+    """
 
     MINUTE = 1
     HOUR = 2
@@ -19,14 +30,13 @@ class Resolution(IntEnum):
 
 # The widest range one query may ask for, per resolution (bounds the rows returned).
 MAX_RANGE_MS = {
-    Resolution.MINUTE: 31 * DAY_MS,
-    Resolution.HOUR: 400 * DAY_MS,
-    Resolution.DAY: 10 * 366 * DAY_MS,
+    QueryResolution.MINUTE: 31 * DAY_MS,
+    QueryResolution.HOUR: 400 * DAY_MS,
+    QueryResolution.DAY: 10 * 366 * DAY_MS,
 }
-MAX_ID_CHARS = 128
-MIN_TIME_MS = 0  # 1970-01-01, as for event timestamps
-MAX_TIME_MS = 253_402_300_800_000  # 10000-01-01, exclusive end
-_BUCKET_MS = {Resolution.MINUTE: 0, Resolution.HOUR: 3_600_000, Resolution.DAY: DAY_MS}
+MIN_TIME_MS = MIN_TIMESTAMP_MS  # as for event timestamps
+MAX_TIME_MS = MAX_TIMESTAMP_MS + 1  # 10000-01-01, the exclusive end
+_BUCKET_MS = {QueryResolution.MINUTE: 0, QueryResolution.HOUR: HOUR_MS, QueryResolution.DAY: DAY_MS}
 
 
 Dimensions = tuple[tuple[str, str], ...]  # (name, value) pairs, sorted by name
@@ -38,7 +48,7 @@ def _slices(group_by: str, dimensions: Mapping[str, str]) -> tuple[str | None, D
         if dimensions:
             raise QueryError("a dimensions filter needs group_by naming its dimensions")
         return None, ()
-    if len(group_by) > MAX_SET_DIMENSIONS * (MAX_NAME_CHARS + 1):
+    if len(group_by) > MAX_SET_DIMENSIONS * (MAX_DIMENSION_KEY_CHARS + 1):
         raise QueryError("group_by is too long")
     try:
         names = parse_set(group_by)
@@ -47,7 +57,7 @@ def _slices(group_by: str, dimensions: Mapping[str, str]) -> tuple[str | None, D
     for name, value in dimensions.items():
         if name not in names:
             raise QueryError(f"dimensions filter on {name!r}, which group_by does not name")
-        if len(value) > MAX_VALUE_CHARS:
+        if len(value) > MAX_DIMENSION_VALUE_CHARS:
             raise QueryError(f"dimensions filter value of {name!r} is too long")
     return ",".join(names), tuple(sorted(dimensions.items()))
 
@@ -61,7 +71,7 @@ class MetricsQuery:
     event_type: str | None
     start_ms: int
     end_ms: int
-    resolution: Resolution
+    resolution: QueryResolution
     dimension_set: str | None = None
     dimensions: Dimensions = ()
 
@@ -79,14 +89,14 @@ class MetricsQuery:
         """Validate raw request fields; raise QueryError with the reason otherwise."""
         if not campaign_id or len(campaign_id) > MAX_ID_CHARS:
             raise QueryError(f"campaign_id must have 1..{MAX_ID_CHARS} characters")
-        if len(event_type) > MAX_ID_CHARS:
-            raise QueryError(f"event_type must have at most {MAX_ID_CHARS} characters")
+        if len(event_type) > MAX_EVENT_TYPE_CHARS:
+            raise QueryError(f"event_type must have at most {MAX_EVENT_TYPE_CHARS} characters")
         if not (start_ms >= MIN_TIME_MS and end_ms <= MAX_TIME_MS):
             raise QueryError(f"start_ms and end_ms must lie within {MIN_TIME_MS}..{MAX_TIME_MS}")
         if end_ms <= start_ms:
             raise QueryError(f"end_ms ({end_ms}) must be after start_ms ({start_ms})")
         try:
-            res = Resolution(resolution or Resolution.MINUTE)
+            res = QueryResolution(resolution or QueryResolution.MINUTE)
         except ValueError:
             raise QueryError(f"unknown resolution {resolution}") from None
         if end_ms - start_ms > MAX_RANGE_MS[res]:
@@ -94,8 +104,8 @@ class MetricsQuery:
             raise QueryError(f"range too wide for {res.name} resolution: at most {days} days")
         step = _BUCKET_MS[res]
         if step:  # widen to whole hours or days, so every returned point is complete
-            start_ms -= start_ms % step
-            end_ms += -end_ms % step
+            start_ms = bucket_start(start_ms, step)
+            end_ms = ceil_to_bucket(end_ms, step)
         dimension_set, wanted = _slices(group_by, dimensions or {})
         return cls(campaign_id, event_type or None, start_ms, end_ms, res, dimension_set, wanted)
 

@@ -18,13 +18,13 @@ import datasketches as ds
 from pulse import sketches
 from pulse.aggregation import ClosedWindow, WindowAggregate
 from pulse.corrections import Correction
-from pulse.windows import DAY_MS
-
-HOUR_MS = 3_600_000
+from pulse.windows import DAY_MS, HOUR_MS, bucket_start
 
 
 class Resolution(StrEnum):
-    """Rollup resolutions, as stored in `event_sketch_rollups.resolution`."""
+    """Rollup resolutions, as stored in `event_sketch_rollups.resolution` (and pickled in
+    recovery snapshots: the class keeps this name and module). A query's resolution is
+    `pulse.query.QueryResolution`."""
 
     HOUR = "hour"
     DAY = "day"
@@ -253,7 +253,7 @@ class Rollups:
             per_campaign = by_campaign.get(campaign)
             if per_campaign is None:
                 per_campaign = by_campaign[campaign] = {}
-            hour = start - start % HOUR_MS
+            hour = bucket_start(start, HOUR_MS)
             key = (Resolution.HOUR, event_type, hour)
             acc = per_campaign.get(key)
             if acc is None:
@@ -262,7 +262,7 @@ class Rollups:
             full = (campaign, *key)
             dirty[full] = None
             unsnapped[full] = acc
-            day_key = (Resolution.DAY, event_type, start - start % DAY_MS)
+            day_key = (Resolution.DAY, event_type, bucket_start(start, DAY_MS))
             day = per_campaign.get(day_key)
             day_full = (campaign, *day_key)
             if day is None:
@@ -340,7 +340,7 @@ class Rollups:
             self._unsnapped.pop(full, None)
             if res is Resolution.HOUR and not self._forget_legacy(campaign_id, event_type, start):
                 # The day's total is unchanged (its row counted the hour as open).
-                day_key = (Resolution.DAY, event_type, start - start % DAY_MS)
+                day_key = (Resolution.DAY, event_type, bucket_start(start, DAY_MS))
                 day = per_campaign.get(day_key)
                 if day is None:
                     day = per_campaign[day_key] = _Accumulator()

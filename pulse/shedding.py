@@ -19,7 +19,7 @@ position, so replays that cut batches elsewhere decide every event alike.
 from dataclasses import dataclass
 
 from pulse.preagg import NO_TIME, Record
-from pulse.windows import DAY_MS
+from pulse.windows import DAY_MS, bucket_start
 
 LimitSnapshot = tuple[tuple[int, tuple[str, ...]], ...]  # (day, admitted campaigns)
 
@@ -72,7 +72,7 @@ class CampaignLimit:
                     heartbeat_ms, bound = ts, self._bound(ts)
                 kept.append(record)
                 continue
-            day = ts - ts % DAY_MS
+            day = bucket_start(ts, DAY_MS)
             if checked.get(campaign) == day or day + DAY_MS <= bound:
                 kept.append(record)
                 continue

@@ -10,6 +10,16 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
+from pulse.limits import (
+    MAX_DIMENSION_KEY_CHARS,
+    MAX_DIMENSION_VALUE_CHARS,
+    MAX_DIMENSIONS,
+    MAX_EVENT_TYPE_CHARS,
+    MAX_ID_CHARS,
+    MAX_TIMESTAMP_MS,
+    MIN_TIMESTAMP_MS,
+)
+
 
 class Reason(IntEnum):
     """Why an event was rejected. Values match `analytics.v1.RejectReason`."""
@@ -44,11 +54,11 @@ class EventLike(Protocol):
 class Limits:
     """Size and time limits for one event. Sizes count UTF-8 characters."""
 
-    max_id_chars: int = 128
-    max_event_type_chars: int = 64
-    max_dimensions: int = 32
-    max_dimension_key_chars: int = 64
-    max_dimension_value_chars: int = 256
+    max_id_chars: int = MAX_ID_CHARS
+    max_event_type_chars: int = MAX_EVENT_TYPE_CHARS
+    max_dimensions: int = MAX_DIMENSIONS
+    max_dimension_key_chars: int = MAX_DIMENSION_KEY_CHARS
+    max_dimension_value_chars: int = MAX_DIMENSION_VALUE_CHARS
     max_age_ms: int = 7 * 86_400_000
     max_future_skew_ms: int = 5 * 60_000
     # Serialized size, unknown fields included; the largest valid event is about 42 KB.
@@ -65,11 +75,6 @@ def _check_id(name: str, text: str, max_chars: int) -> tuple[Reason, str] | None
     if not text.isprintable():
         return Reason.INVALID_CHARACTERS, f"{name} contains control characters"
     return None
-
-
-# Event times must fit a PostgreSQL timestamptz and a Python datetime: years 1970..9999.
-MIN_TIMESTAMP_MS = 0
-MAX_TIMESTAMP_MS = 253_402_300_799_999
 
 
 def check_fields(event: EventLike, limits: Limits) -> tuple[Reason, str] | None:

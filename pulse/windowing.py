@@ -44,6 +44,7 @@ from pulse.dimensions import GroupBy, Slicer, SlicerSnapshot, is_series
 from pulse.preagg import NO_TIME, PartitionChunk, Record, RecordBatch, WindowKey, preaggregate
 from pulse.rollups import ROLLUP_MS, Resolution, RollupRow, Rollups, RollupSnapshot
 from pulse.shedding import CampaignLimit, LimitSnapshot, ShedEvent
+from pulse.windows import bucket_start
 
 # Late events of one window in one chunk, with each event's watermark within the chunk
 # (None: none of them was late within the chunk, only by the state's watermark).
@@ -357,14 +358,14 @@ class PartitionWindows:
         merge into a bucket are those from some offset on.
         """
         campaign, event_type, start = key
-        hour = start - start % ROLLUP_MS[Resolution.HOUR]
+        hour = bucket_start(start, ROLLUP_MS[Resolution.HOUR])
         correction = Correction.of(
             campaign, event_type, start, self.partition, [p for p, _ in parts]
         )
         by_store: list[tuple[str, int, int]] = []
         hour_from = _NEVER  # events from this offset on are not held by the hour
         for resolution, length in ROLLUP_MS.items():  # the hour first
-            bucket = start - start % length
+            bucket = bucket_start(start, length)
             end = bucket + length
             if before >= end:
                 from_offset = min(correction.offsets)  # the accumulator is gone: all of them

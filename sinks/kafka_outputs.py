@@ -21,11 +21,11 @@ from google.protobuf.message import DecodeError
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.alerts.model import AlertEvent, AlertState
 from pulse.errors import KafkaAdminError, KafkaDeliveryError
-from sinks.topics import StoredRecord, partition_counts, read_last_records, read_records
+from pulse.headers import SOURCE_HEADER, position
+from runtime.topics import StoredRecord, partition_counts, read_last_records, read_records
 
 log = logging.getLogger(__name__)
 
-SOURCE_HEADER = "pulse.source"  # human-readable "topic[partition]@offset"
 SOURCE_TOPIC_HEADER = "pulse.source.topic"
 SOURCE_PARTITION_HEADER = "pulse.source.partition"
 SOURCE_OFFSET_HEADER = "pulse.source.offset"
@@ -191,7 +191,7 @@ def side_headers(record: SideRecord) -> list[tuple[str, bytes]]:
     """The record's own headers plus its origin, as `pulse.source.*` and `pulse.source`."""
     headers = [(k, v) for k, v in record.headers if k not in _SOURCE_HEADERS]
     if not any(k == SOURCE_HEADER for k, _v in headers):
-        text = f"{record.source_topic}[{record.source_partition}]@{record.source_offset}"
+        text = position(record.source_topic, record.source_partition, record.source_offset)
         headers.append((SOURCE_HEADER, text.encode()))
     headers += [
         (SOURCE_TOPIC_HEADER, record.source_topic.encode()),

@@ -40,7 +40,7 @@ from pulse.dimensions import is_series
 from pulse.errors import SinkError, SinkRefusedError
 from pulse.rollups import RollupRow
 from pulse.timeutil import ms_to_datetime
-from sinks.otel import SpanMark
+from runtime.otel import SpanMark
 from sinks.tables import SLICES, TOTALS, Tables
 from sinks.timescale_corrections import apply_corrections
 from sinks.timescale_metrics import write_metrics

@@ -15,9 +15,9 @@ import psycopg
 import pytest
 
 from pulse.settings import CommonSettings
-from sinks.scratch import create_database, drop_database
-from sinks.topics import ensure_topics
+from runtime.topics import ensure_topics
 from tests.kafka import delete_topics
+from tests.scratch import create_database, drop_database
 
 STACK_TIERS = ("integration", "e2e")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypedDict, TypeVar
 
 from pulse.errors import RuleConfigError
+from pulse.limits import MAX_EVENT_TYPE_CHARS, MAX_ID_CHARS
 
 WILDCARD = "*"
 MAX_FILE_BYTES = 1024 * 1024
@@ -27,8 +28,6 @@ MAX_RESOLVE_AFTER = 10_000
 MAX_WARMUP = 100_000
 MAX_MIN_DENOMINATOR = 1_000_000_000
 MAX_COOLDOWN_SECONDS = 30 * 86_400
-MAX_CAMPAIGN_CHARS = 128
-MAX_EVENT_TYPE_CHARS = 64
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -337,7 +336,7 @@ class _Fields:
             raise self.bad("slide_seconds", msg)
         common: _Common = {
             "name": name,
-            "campaign": self.text("campaign", MAX_CAMPAIGN_CHARS),
+            "campaign": self.text("campaign", MAX_ID_CHARS),
             "window_ms": window_ms,
             "slide_ms": slide_ms,
             "severity": self.choice("severity", Severity, Severity.WARNING.value),

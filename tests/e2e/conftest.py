@@ -1,9 +1,7 @@
 """Runs the real deployables (`pulse serve`, `pulse flow`) as subprocesses."""
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,23 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import Stack, Topics
-
-
-def free_port() -> int:
-    """A port free on every address, below the kernel's ephemeral range (32768 and up):
-    a port from that range can be taken by an outgoing connection between this check
-    and the server's bind (a dataflow then lost its API port to a Kafka client)."""
-    rng = random.Random()
-    for _ in range(100):
-        port = rng.randrange(20_000, 32_768)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-            return port
-    msg = "no free port in 20000-32767"
-    raise RuntimeError(msg)
+from tests.ports import free_port
 
 
 class Pipeline:
@@ -86,7 +68,7 @@ class Pipeline:
             if name in self.health_ports:
                 env["PULSE_HEALTH_PORT"] = str(self.health_ports[name])
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "pulse", name],
+                [sys.executable, "-m", "cli", name],
                 env=env,
                 stdout=log,
                 stderr=log,

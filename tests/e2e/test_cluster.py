@@ -32,14 +32,14 @@ from confluent_kafka import Producer
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse import sketches
 from pulse.timeutil import datetime_to_ms
+from runtime.topics import ensure_topics
 from sinks.kafka_outputs import from_notification
-from sinks.scratch import create_database, drop_database
-from sinks.topics import ensure_topics
 from tests.conftest import Stack
-from tests.e2e.conftest import free_port
 from tests.e2e.test_analytics import within_rank
 from tests.kafka import consume_all, delete_topics
+from tests.ports import free_port
 from tests.reference import Bucket, Ev, windows_reference
+from tests.scratch import create_database, drop_database
 
 WINDOW_S, LATENESS_S, IDLE_S, CORRECTION_S, DEDUP_S = 10, 2, 5, 25, 3600
 PARTITIONS = 6
@@ -130,7 +130,7 @@ class Cluster:
                 env |= {"PULSE_CLUSTER_ADDRESSES": addresses, "PULSE_PROCESS_ID": str(i)}
             with (self.workdir / f"flow-{self.starts}-{i}.log").open("wb") as log:
                 self.procs[i] = subprocess.Popen(
-                    [sys.executable, "-m", "pulse", "flow"],
+                    [sys.executable, "-m", "cli", "flow"],
                     env=env,
                     stdout=log,
                     stderr=log,

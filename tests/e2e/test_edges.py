@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ingest.client import PulseClient
 from tests.conftest import Stack, Topics
-from tests.e2e.conftest import free_port, running
+from tests.e2e.conftest import running
 from tests.e2e.test_real_clients import env, event, now_ms, wait_exact
+from tests.ports import free_port
 
 
 def test_two_edge_replicas_serving_at_once_give_exact_results(
@@ -32,14 +33,14 @@ def test_two_edge_replicas_serving_at_once_give_exact_results(
         }
         with (tmp_path / "serve-replica.log").open("wb") as log:
             replica = subprocess.Popen(
-                [sys.executable, "-m", "pulse", "serve"],
+                [sys.executable, "-m", "cli", "serve"],
                 env=replica_env,
                 stdout=log,
                 stderr=log,
                 cwd=tmp_path,
             )
         try:
-            waited = [sys.executable, "-m", "pulse", "health", "--target", second, "--wait", "30"]
+            waited = [sys.executable, "-m", "cli", "health", "--target", second, "--wait", "30"]
             subprocess.run(waited, check=True, capture_output=True, timeout=60)
             sent = asyncio.run(send(pipeline.target, second, campaigns))
             buckets, _late, got = wait_exact(pipeline, campaigns)

@@ -26,10 +26,10 @@ from psycopg import sql
 from ingest.client import PulseClient
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.settings import FlowSettings, IngestSettings
-from sinks.scratch import drop_database
 from tests.conftest import Stack
-from tests.e2e.conftest import free_port
+from tests.ports import free_port
 from tests.reference import aggregate
+from tests.scratch import drop_database
 
 # A cold build (podman, the base image, the wheels) takes about three minutes.
 pytestmark = pytest.mark.timeout(600)

@@ -10,7 +10,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ingest.client import PulseClient
 from protos.analytics.v1 import analytics_pb2 as pb
 from tests.conftest import Stack, Topics
-from tests.e2e.conftest import Pipeline, free_port
+from tests.e2e.conftest import Pipeline
+from tests.ports import free_port
 
 
 def test_unreachable_kafka_is_reported_never_accepted(

@@ -31,11 +31,12 @@ import grpc
 import pytest
 
 from ingest.client import PulseClient
+from runtime.topics import ensure_topics
 from sinks.schema import migrate
-from sinks.topics import ensure_topics
 from tests.conftest import Stack, Topics
-from tests.e2e.conftest import Pipeline, free_port
+from tests.e2e.conftest import Pipeline
 from tests.e2e.test_real_clients import env, event, now_ms, wait_exact
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTAGE_S = 6.0

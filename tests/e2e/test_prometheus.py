@@ -24,7 +24,8 @@ import pytest
 from ingest.client import PulseClient
 from protos.analytics.v1 import analytics_pb2 as pb
 from tests.conftest import Stack, Topics
-from tests.e2e.conftest import Pipeline, free_port, running
+from tests.e2e.conftest import Pipeline, running
+from tests.ports import free_port
 
 BATCHES_METHOD = "analytics.v1.AnalyticsService/IngestEventBatches"
 INSTALL_HINT = "install it with `make install` (scripts/stack.sh install)"

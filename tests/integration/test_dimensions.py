@@ -18,7 +18,7 @@ from flows import metrics
 from flows.aggregate import FlowConfig, build_flow
 from pulse.dimensions import OTHER, GroupBy
 from pulse.query import MetricsQuery
-from sinks.timescale_reader import TimescaleMetricsReader
+from query.metrics import TimescaleMetricsReader
 from sinks.timescale_writer import StoreItem, TimescaleSink
 from tests.reference import Ev, minute_of, slices_reference, windows_reference
 from tests.unit.test_flow import to_message

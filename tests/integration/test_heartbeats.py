@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 from ingest.heartbeat import HeartbeatWriter
 from ingest.producer import KafkaEventProducer
 from protos.analytics.v1 import analytics_pb2 as pb
-from sinks.topics import ensure_topics
+from runtime.topics import ensure_topics
 from tests.conftest import Stack
 from tests.kafka import consume_all
 

@@ -9,6 +9,7 @@ from confluent_kafka import Producer
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.alerts.model import AlertEvent, AlertState
 from pulse.errors import KafkaAdminError
+from runtime.topics import ensure_topics, read_last_records
 from sinks.kafka_outputs import (
     NotificationSink,
     SideOutputSink,
@@ -16,7 +17,6 @@ from sinks.kafka_outputs import (
     from_notification,
     to_notification,
 )
-from sinks.topics import ensure_topics, read_last_records
 from tests.conftest import Stack, Topics
 from tests.kafka import Record, consume_all
 

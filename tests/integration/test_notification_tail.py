@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 import pytest
 from confluent_kafka import Producer
 
+from cli.main import main
 from pulse.alerts.model import AlertEvent, AlertState
-from pulse.cli import main
 from pulse.errors import KafkaAdminError
 from pulse.timeutil import datetime_to_ms
+from query.notifications import NotificationTail, format_json, format_line
+from runtime.topics import ensure_topics
 from sinks.kafka_outputs import STATE_HEADER, to_notification
-from sinks.notification_tail import NotificationTail, format_json, format_line
-from sinks.topics import ensure_topics
 from tests.conftest import Stack
 
 START = datetime_to_ms(datetime(2025, 11, 24, 16, 20, tzinfo=UTC))

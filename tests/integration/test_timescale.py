@@ -19,11 +19,11 @@ from pulse.errors import SinkError, SinkRefusedError
 from pulse.query import MetricPointRow, MetricsQuery
 from pulse.rollups import Resolution, RollupRow
 from pulse.timeutil import datetime_to_ms
+from query.metrics import TimescaleMetricsReader
 from sinks.schema import migrate
-from sinks.scratch import drop_database
-from sinks.timescale_reader import TimescaleMetricsReader
 from sinks.timescale_writer import StoreItem, TimescaleSink
 from tests.conftest import Stack
+from tests.scratch import drop_database
 
 T0 = datetime_to_ms(datetime(2026, 11, 24, 10, 0, tzinfo=UTC))
 MINUTE = 60_000

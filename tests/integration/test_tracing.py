@@ -2,7 +2,7 @@
 
 The edge (real servicer, interceptor and Kafka producer on an in-process gRPC server)
 and the dataflow (real Kafka source and TimescaleDB sink) each export their spans to
-memory through `sinks.otel.setup`, as two services would.
+memory through `runtime.otel.setup`, as two services would.
 """
 
 import asyncio
@@ -27,7 +27,7 @@ from protos.analytics.v1 import analytics_pb2 as pb
 from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from pulse.timeutil import now_ms
 from pulse.validation import Limits
-from sinks import otel
+from runtime import otel
 from sinks.kafka_outputs import SideRecord
 from sinks.timescale_writer import TimescaleSink
 from tests.conftest import Stack, Topics

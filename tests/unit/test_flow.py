@@ -431,12 +431,49 @@ def test_the_clock_paces_progress_rows_and_never_changes_results() -> None:
     assert [r.closed for r in runs["frozen clock"].rows().values()].count(True) > 0
 
 
-def test_the_deployable_flow_builds_from_settings_alone() -> None:
-    """`python -m bytewax.run "flows.main:get_flow()"` needs nothing but the environment."""
-    from flows.main import get_flow
+def test_get_flow_starts_the_process_as_pulse_flow_does() -> None:
+    """`python -m bytewax.run "flows.main:get_flow()"` needs nothing but the environment,
+    and goes through the same builder as `pulse flow`: logging in the configured format,
+    the config line, the start-up warnings, the health endpoints."""
+    import json
+    import subprocess
+    import sys
 
-    flow = get_flow()
-    assert flow.flow_id == "pulse_aggregate"
+    from tests.ports import free_port
+
+    health_port = free_port()
+    script = (
+        "import urllib.request\n"
+        "from flows.main import get_flow\n"
+        "print(get_flow().flow_id)\n"
+        f"print(urllib.request.urlopen('http://127.0.0.1:{health_port}/healthz').status)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={
+            "PATH": "",
+            "PULSE_KAFKA_BOOTSTRAP": "127.0.0.1:1",  # nothing is contacted before the run
+            "PULSE_PG_DSN": "postgresql://pulse:hunter2@127.0.0.1:1/pulse",
+            "PULSE_LOG_FORMAT": "json",
+            "PULSE_STARTING_OFFSET": "end",
+            "PULSE_HEALTH_PORT": str(health_port),
+            "PULSE_API_PORT": str(free_port()),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["pulse_aggregate", "200"]
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    startup = [line for line in lines if line["logger"] == "pulse.flow"]
+    assert startup[0]["message"].startswith("config: {")
+    assert startup[0]["config"]["health_port"] == health_port
+    assert startup[1]["level"] == "WARNING"
+    assert "PULSE_STARTING_OFFSET=end" in startup[1]["message"]
+    assert any(line["message"].startswith("health endpoints on") for line in lines)
+    assert "hunter2" not in result.stderr
 
 
 def test_a_taken_api_port_stops_the_dataflow_with_its_name(

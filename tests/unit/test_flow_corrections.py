@@ -29,9 +29,9 @@ from pulse.corrections import (
     correct_window,
 )
 from pulse.preagg import RecordBatch
-from pulse.rollups import HOUR_MS, ROLLUP_MS, RollupRow
+from pulse.rollups import ROLLUP_MS, RollupRow
 from pulse.windowing import PartitionWindows, StepOutput
-from pulse.windows import DAY_MS
+from pulse.windows import DAY_MS, HOUR_MS
 from tests.reference import Bucket, Ev, windows_reference
 from tests.unit.test_flow import (
     CONFIG,

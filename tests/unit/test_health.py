@@ -14,7 +14,7 @@ from pulse.health import (
     respond,
     short_reason,
 )
-from sinks.health import HealthServer, postgres_check
+from runtime.health import HealthServer, postgres_check
 
 
 def test_liveness_is_200_with_uptime() -> None:

@@ -5,10 +5,10 @@ from typing import Any
 
 import pytest
 
+from cli.main import build_parser, main
 from ingest import loadgen
 from ingest.loadgen import EVENT_MIX, LoadPlan, LoadReport, build_batches
 from protos.analytics.v1 import analytics_pb2 as pb
-from pulse.cli import build_parser, main
 from pulse.timeutil import now_ms
 from pulse.validation import Limits, check_event
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from pulse.logs import JsonFormatter, log_config
 from pulse.settings import (
     REDACTED,
     CommonSettings,
@@ -17,6 +16,7 @@ from pulse.settings import (
     load,
     redact_dsn,
 )
+from runtime.logs import JsonFormatter, log_config
 
 SECRET_DSN = "postgresql://pulse:hunter2-secret@db.example:5432/pulse?sslmode=require"
 
@@ -83,7 +83,7 @@ def test_the_config_line_never_shows_the_password(
 def test_processes_log_their_config_redacted_at_start() -> None:
     # `pulse migrate` against nothing: it logs the config line, then fails to connect.
     result = subprocess.run(
-        [sys.executable, "-m", "pulse", "migrate"],
+        [sys.executable, "-m", "cli", "migrate"],
         env={
             "PULSE_PG_DSN": "postgresql://pulse:hunter2-secret@127.0.0.1:1/pulse",
             "PULSE_KAFKA_BOOTSTRAP": "127.0.0.1:1",

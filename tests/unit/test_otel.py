@@ -19,7 +19,7 @@ from protos.analytics.v1 import analytics_pb2 as pb
 from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from pulse.aggregation import MetricRow
 from pulse.validation import Limits
-from sinks import otel
+from runtime import otel
 from sinks.timescale_writer import plan
 from tests.unit.test_servicer import NOW, FixedReader, RecordingProducer, event
 

@@ -1,7 +1,7 @@
 import pytest
 
 from pulse.errors import QueryError
-from pulse.query import MetricPointRow, MetricsQuery, Resolution
+from pulse.query import MetricPointRow, MetricsQuery, QueryResolution
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -12,7 +12,7 @@ def test_minute_query_keeps_its_range() -> None:
     assert (q.start_ms, q.end_ms, q.resolution, q.event_type) == (
         1_000,
         61_000,
-        Resolution.MINUTE,
+        QueryResolution.MINUTE,
         None,
     )
 
@@ -29,6 +29,7 @@ def test_hour_and_day_queries_widen_to_whole_buckets() -> None:
     [
         (("", "", 0, 1, 1), "campaign_id"),
         (("c" * 129, "", 0, 1, 1), "campaign_id"),
+        (("c", "t" * 65, 0, 1, 1), "event_type must have at most 64 characters"),
         (("c", "", 5, 5, 1), "must be after"),
         (("c", "", 0, 32 * DAY, 1), "range too wide for MINUTE"),
         (("c", "", 0, 1, 9), "unknown resolution 9"),

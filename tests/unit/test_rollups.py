@@ -5,7 +5,8 @@ import random
 
 from pulse import sketches
 from pulse.aggregation import ClosedWindow, Partial, WindowAggregate
-from pulse.rollups import HOUR_MS, Resolution, RollupRow, Rollups, RollupSnapshot
+from pulse.rollups import Resolution, RollupRow, Rollups, RollupSnapshot
+from pulse.windows import HOUR_MS
 
 T0 = 1_764_000_000_000 - 1_764_000_000_000 % 86_400_000  # a day's start
 MINUTE = 60_000

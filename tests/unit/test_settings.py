@@ -36,7 +36,7 @@ def test_bad_values_name_the_variable(
 
 def test_bad_config_is_one_line_and_a_non_zero_exit() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pulse", "serve"],
+        [sys.executable, "-m", "cli", "serve"],
         env={"PULSE_GRPC_PORT": "not-a-port", "PATH": ""},
         capture_output=True,
         text=True,

@@ -7,8 +7,8 @@ import pytest
 
 from pulse.aggregation import MetricRow
 from pulse.preagg import NO_TIME, PartitionChunk, Record, heartbeat_record, preaggregate
-from pulse.rollups import HOUR_MS
 from pulse.windowing import PartitionWindows, StepOutput
+from pulse.windows import HOUR_MS
 from tests.reference import Bucket, Ev, windows_reference
 
 MINUTE = 60_000

@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 import pytest
 
 from pulse.timeutil import datetime_to_ms, ms_to_datetime
-from pulse.windows import TumblingWindows
+from pulse.windows import DAY_MS, HOUR_MS, TumblingWindows, bucket_start, ceil_to_bucket
 from tests.reference import minute_of
 
 
@@ -36,3 +36,16 @@ def test_lengths_that_do_not_divide_a_day_are_refused(length: int) -> None:
 def test_naive_datetimes_are_refused() -> None:
     with pytest.raises(ValueError, match="naive"):
         datetime_to_ms(datetime(2026, 1, 1))  # noqa: DTZ001
+
+
+@pytest.mark.parametrize("ts", [0, 1, 3_599_999, 3_600_000, 1_764_000_000_123, -1])
+@pytest.mark.parametrize("length", [HOUR_MS, DAY_MS])
+def test_buckets_floor_and_ceil_to_utc_hours_and_days(ts: int, length: int) -> None:
+    at = ms_to_datetime(ts)
+    if length == HOUR_MS:
+        floor = at.replace(minute=0, second=0, microsecond=0)
+    else:
+        floor = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    assert ms_to_datetime(bucket_start(ts, length)) == floor
+    ceil = ceil_to_bucket(ts, length)
+    assert ceil == (ts if floor == at else datetime_to_ms(floor) + length)

@@ -31,12 +31,12 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.trace import Link, Span, SpanContext, TraceFlags, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from pulse.headers import TRACEPARENT, TRACESTATE
+
 log = logging.getLogger(__name__)
 
 INGEST_SERVICE = "pulse-ingest"
 FLOW_SERVICE = "pulse-flow"
-TRACEPARENT = "traceparent"
-TRACEPARENT_BYTES = TRACEPARENT.encode()
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 SHUTDOWN_TIMEOUT_S = 5.0
 
@@ -121,7 +121,7 @@ def context_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) ->
     """The caller's trace context from gRPC invocation metadata (empty if it sent none)."""
     carrier: dict[str, str] = {}
     for key, value in metadata or ():
-        if key in ("traceparent", "tracestate"):
+        if key in (TRACEPARENT, TRACESTATE):
             carrier[key] = value.decode() if isinstance(value, bytes) else value
     if not carrier:
         return Context()
@@ -168,7 +168,7 @@ def context_from_kafka_headers(
     carrier = {
         key: value if isinstance(value, str) else value.decode("ascii", "replace")
         for key, value in headers or ()
-        if key in ("traceparent", "tracestate") and value
+        if key in (TRACEPARENT, TRACESTATE) and value
     }
     return _PROPAGATOR.extract(carrier, context=Context()) if carrier else Context()
 

@@ -7,35 +7,24 @@ import sys
 
 from pulse import settings as settings_mod
 from pulse.errors import PulseError
-from pulse.logs import configure, log_config
+from runtime.logs import configure, log_config
 
 
 def _serve(_args: argparse.Namespace) -> None:
-    from ingest.server import serve
+    from ingest.server import run
 
-    s = settings_mod.load(settings_mod.IngestSettings)
-    configure(s.log_level, s.log_format)
-    log_config(logging.getLogger("pulse.serve"), s)
-    asyncio.run(serve(s))
+    run(settings_mod.load(settings_mod.IngestSettings))  # logging and the rest: ingest.server
 
 
 def _flow(_args: argparse.Namespace) -> None:
     from flows.main import run
 
-    s = settings_mod.load(settings_mod.FlowSettings)
-    configure(s.log_level, s.log_format)
-    log_config(logging.getLogger("pulse.flow"), s)
-    if s.starting_offset == "end" and not s.recovery_dir:
-        logging.getLogger("pulse.flow").warning(
-            "PULSE_STARTING_OFFSET=end: without a recovery store, events produced while the "
-            "dataflow is down are never counted"
-        )
-    run(s)
+    run(settings_mod.load(settings_mod.FlowSettings))  # logging and the rest: flows.main
 
 
 def _migrate(_args: argparse.Namespace) -> None:
+    from runtime.topics import ensure_topics
     from sinks.schema import migrate
-    from sinks.topics import ensure_topics
 
     s = settings_mod.load(settings_mod.CommonSettings)
     configure(s.log_level, s.log_format)
@@ -71,7 +60,7 @@ def _load(args: argparse.Namespace) -> None:
 def _notifications(args: argparse.Namespace) -> None:
     import os
 
-    from sinks.notification_tail import NotificationTail, format_json, format_line
+    from query.notifications import NotificationTail, format_json, format_line
 
     s = settings_mod.load(settings_mod.CommonSettings)
     configure(s.log_level, s.log_format)

@@ -21,8 +21,8 @@ from google.protobuf.message import DecodeError
 from pulse.alerts.model import AlertEvent, AlertState
 from pulse.errors import KafkaAdminError
 from pulse.timeutil import ms_to_datetime
+from runtime.topics import watermarks
 from sinks.kafka_outputs import from_notification
-from sinks.topics import watermarks
 
 log = logging.getLogger(__name__)
 

@@ -10,18 +10,18 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from pulse.errors import SinkError
-from pulse.query import MetricPointRow, MetricsQuery, Resolution
+from pulse.query import MetricPointRow, MetricsQuery, QueryResolution
 from pulse.timeutil import datetime_to_ms, ms_to_datetime
 
 _RELATIONS = {
-    Resolution.MINUTE: "event_metrics",
-    Resolution.HOUR: "event_metrics_hourly",
-    Resolution.DAY: "event_metrics_daily",
+    QueryResolution.MINUTE: "event_metrics",
+    QueryResolution.HOUR: "event_metrics_hourly",
+    QueryResolution.DAY: "event_metrics_daily",
 }
 _SLICE_RELATIONS = {
-    Resolution.MINUTE: "event_metrics_by_dimensions",
-    Resolution.HOUR: "event_metrics_by_dimensions_hourly",
-    Resolution.DAY: "event_metrics_by_dimensions_daily",
+    QueryResolution.MINUTE: "event_metrics_by_dimensions",
+    QueryResolution.HOUR: "event_metrics_by_dimensions_hourly",
+    QueryResolution.DAY: "event_metrics_by_dimensions_daily",
 }
 
 # The same columns, in `MetricPointRow` order, in the table and in both views.

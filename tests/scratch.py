@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 
-from .schema import migrate
+from sinks.schema import migrate
 
 DROP_ATTEMPTS = 240  # 2 minutes: a scheduler busy with a large database takes its time
 DROP_RETRY_S = 0.5

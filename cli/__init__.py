@@ -1,0 +1,1 @@
+"""The `pulse` command (`python -m cli`): one entry point for every deployable and tool."""

@@ -1,0 +1,1 @@
+"""The read path: metrics back from TimescaleDB, alert notifications back from Kafka."""

@@ -1,0 +1,1 @@
+"""Process plumbing every deployable shares: logging, tracing, health endpoints, Kafka topics."""
