@@ -394,9 +394,10 @@ class _Partition(StatelessSinkPartition[StoreItem]):
             except psycopg.Error as exc:
                 origin = batch_origin(items, self._source_topic)
                 hint = "; is the schema migrated (`pulse migrate`)?" if _schema(exc) else ""
-                msg = (
+                detail = exc.diag.message_primary or str(exc).strip().splitlines()[0]
+                msg = (  # one line: the server's primary message, not its query excerpt
                     f"TimescaleDB refused a batch of {len(items)} items (from {origin}): "
-                    f"{type(exc).__name__} ({exc.sqlstate}): {str(exc).strip()}{hint}"
+                    f"{type(exc).__name__} ({exc.sqlstate}): {detail}{hint}"
                 )
                 raise SinkRefusedError(msg) from exc
             else:
