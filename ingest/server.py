@@ -13,7 +13,6 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from protos.analytics.v1 import analytics_pb2 as pb
-from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from pulse.health import CheckResult
 from pulse.settings import IngestSettings
 from pulse.timeutil import now_ms
@@ -24,6 +23,7 @@ from runtime.logs import configure, log_config
 
 from .heartbeat import HeartbeatWriter, edge_source
 from .interceptors import MetricsInterceptor
+from .messages import add_service
 from .producer import KafkaEventProducer
 from .recent_ids import RecentIds
 from .servicer import AnalyticsServicer
@@ -98,7 +98,7 @@ async def serve(settings: IngestSettings) -> None:
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ],
     )
-    pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
+    add_service(servicer, server)  # a malformed request gets INVALID_ARGUMENT, not UNKNOWN
     health_servicer = health.aio.HealthServicer()
     for service in ("", SERVICE_NAME):  # grpc_health starts "" as SERVING: not before Kafka answers
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)

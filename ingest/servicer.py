@@ -18,6 +18,7 @@ from pulse.validation import Limits, Reason, check_event
 from runtime import otel
 
 from . import metrics
+from .messages import Malformed
 from .recent_ids import RecentIds
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,22 @@ def _log_rpc_error(method: str, context: Context, problem: str) -> None:
     log.warning("%s from %s: %s", method, peer, problem, extra={"rpc_method": method, "peer": peer})
 
 
-class _BatchTooLargeError(PulseError):
-    """An EventBatch over the size limit (ends the call with INVALID_ARGUMENT)."""
+class _BadMessageError(PulseError):
+    """A request message the call cannot go on with (ends it with INVALID_ARGUMENT)."""
+
+
+class _BatchTooLargeError(_BadMessageError):
+    """An EventBatch over the size limit."""
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"batch of {size} events exceeds the limit of {limit}")
+
+
+class _MalformedMessageError(_BadMessageError):
+    """A request message that does not decode as its protobuf type."""
+
+    def __init__(self, malformed: Malformed) -> None:
+        super().__init__(str(malformed))
 
 
 async def _fail_if(
@@ -48,15 +60,16 @@ async def _fail_if(
     response: pb.IngestResponse,
     *,
     received: int,
-    too_large: _BatchTooLargeError | None,
+    bad: _BadMessageError | None,
     failures: list[str],
 ) -> None:
-    """End the call with INVALID_ARGUMENT (a batch over the limit) or UNAVAILABLE (Kafka
-    did not acknowledge everything), saying how many events were accepted."""
-    if too_large is not None:
+    """End the call with INVALID_ARGUMENT (a batch over the limit, a malformed message)
+    or UNAVAILABLE (Kafka did not acknowledge everything), saying how many events were
+    accepted."""
+    if bad is not None:
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"{too_large}; the {response.accepted} events before it were accepted",
+            f"{bad}; the {response.accepted} events before it were accepted",
         )
     if failures:
         valid = received - response.dropped - response.duplicates  # those sent to Kafka
@@ -197,14 +210,21 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self, request_iterator: AsyncIterator[pb.RawEvent], context: Context
     ) -> pb.IngestResponse:
         # Each event is produced as soon as it arrives: a slow stream never holds events back.
-        batches = ([event] async for event in request_iterator)
-        return await self._ingest("IngestEvents", batches, context)
+        async def batches() -> AsyncIterator[Sequence[pb.RawEvent]]:
+            async for event in request_iterator:
+                if isinstance(event, Malformed):
+                    raise _MalformedMessageError(event)
+                yield [event]
+
+        return await self._ingest("IngestEvents", batches(), context)
 
     async def IngestEventBatches(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.EventBatch], context: Context
     ) -> pb.IngestResponse:
         async def batches() -> AsyncIterator[Sequence[pb.RawEvent]]:
             async for batch in request_iterator:
+                if isinstance(batch, Malformed):
+                    raise _MalformedMessageError(batch)
                 if len(batch.events) > self._max_batch_events:
                     raise _BatchTooLargeError(len(batch.events), self._max_batch_events)
                 yield batch.events
@@ -245,7 +265,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 metrics.DELIVERY_FAILURES.inc()
                 failures.append(str(exc))
 
-        too_large: _BatchTooLargeError | None = None
+        bad: _BadMessageError | None = None
         try:
             async for events in batches:
                 records = self._validate(events, index, response, ids)
@@ -260,15 +280,13 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     await settle()
                 if failures:
                     break  # Kafka is failing: stop taking events, report what was acknowledged
-        except _BatchTooLargeError as exc:
-            too_large = exc
+        except _BadMessageError as exc:
+            bad = exc
         finally:
             close_delivery()
             while inflight:
                 await settle()
-        await _fail_if(
-            method, context, response, received=index, too_large=too_large, failures=failures
-        )
+        await _fail_if(method, context, response, received=index, bad=bad, failures=failures)
         return response
 
     def _open_delivery(self) -> Delivery:
@@ -330,6 +348,8 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     async def QueryMetrics(  # noqa: N802
         self, request: pb.MetricsRequest, context: Context
     ) -> AsyncIterator[pb.MetricPoint]:
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request))
         try:
             query = MetricsQuery.parse(
                 request.campaign_id,

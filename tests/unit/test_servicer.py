@@ -7,6 +7,7 @@ import grpc
 import pytest
 
 from ingest.client import PulseClient
+from ingest.messages import SERVICE, add_service
 from ingest.servicer import (
     DELIVERY_EVENTS,
     AnalyticsServicer,
@@ -100,9 +101,7 @@ def with_server(
 ) -> None:
     async def main() -> None:
         server = grpc.aio.server()
-        pb_grpc.add_AnalyticsServiceServicer_to_server(
-            AnalyticsServicer(producer, reader, Limits(), 100, lambda: NOW), server
-        )
+        add_service(AnalyticsServicer(producer, reader, Limits(), 100, lambda: NOW), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
@@ -372,3 +371,40 @@ def test_query_metrics_passes_dimension_slices_and_refuses_bad_ones() -> None:
         "country,device",
         (("country", "DE"),),
     )
+
+
+MALFORMED = [b"\xff", b"\x0a\xff\xff\xff", b"\x08" * 3, b"\x12\x05ab"]
+
+
+def test_a_malformed_message_is_invalid_argument_with_the_reason_never_unknown() -> None:
+    producer, reader = RecordingProducer(), FixedReader()
+
+    async def test(target: str) -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            # No serializers: the bytes go as they are.
+            batches: grpc.aio.StreamUnaryMultiCallable[bytes, bytes]
+            events: grpc.aio.StreamUnaryMultiCallable[bytes, bytes]
+            query: grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
+            batches = channel.stream_unary(f"/{SERVICE}/IngestEventBatches")
+            events = channel.stream_unary(f"/{SERVICE}/IngestEvents")
+            query = channel.unary_stream(f"/{SERVICE}/QueryMetrics")
+            valid = pb.EventBatch(events=[event(i) for i in range(7)]).SerializeToString()
+            for junk in MALFORMED:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await batches(iter([valid, junk, valid]))
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                details = info.value.details() or ""
+                assert details.startswith("malformed EventBatch message"), details
+                assert details.endswith("the 7 events before it were accepted"), details
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await events(iter([junk]))
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert (info.value.details() or "").startswith("malformed RawEvent message")
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    async for _point in query(junk):
+                        pass
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert (info.value.details() or "").startswith("malformed MetricsRequest message")
+
+    with_server(producer, reader, test)
+    assert len(producer.records) == 7 * len(MALFORMED)
