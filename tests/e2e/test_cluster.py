@@ -161,9 +161,18 @@ class Cluster:
         proc.wait()
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL what still runs after 20 s, as Kubernetes does after a
+        pod's grace period (a process still waiting for its peers to form the cluster
+        does not see signals until they answer)."""
         for proc in self.procs.values():
             proc.send_signal(signal.SIGTERM)
-        self.wait(30)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
 
     def close(self) -> None:
         for proc in self.procs.values():
@@ -434,7 +443,9 @@ def test_a_killed_process_stops_the_cluster_and_restarts_and_rescales_exactly(
         wait_for("progress", lambda: counted() > before, cluster, 60)
         cluster.stop()
         cluster.start(3)  # rescaled: process 2 starts with an empty volume
+        before = counted()
         write(range(20, 30))
+        wait_for("progress of 3 processes", lambda: counted() > before, cluster, 60)
         cluster.stop()
         cluster.start(2)  # and back
         write(range(30, 40))
