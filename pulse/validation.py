@@ -31,6 +31,7 @@ class Reason(IntEnum):
     TOO_MANY_DIMENSIONS = 5
     INVALID_VALUE = 6
     INVALID_CHARACTERS = 7
+    PERMISSION_DENIED = 8  # set by the edge's authorization, not by these rules
 
 
 class EventLike(Protocol):

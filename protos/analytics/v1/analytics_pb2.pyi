@@ -43,6 +43,8 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     """value is NaN or infinite"""
     REJECT_REASON_INVALID_CHARACTERS: _RejectReason.ValueType  # 7
     """control characters in an id"""
+    REJECT_REASON_PERMISSION_DENIED: _RejectReason.ValueType  # 8
+    """the caller's token may not write this campaign"""
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper): ...
 
@@ -60,6 +62,8 @@ REJECT_REASON_INVALID_VALUE: RejectReason.ValueType  # 6
 """value is NaN or infinite"""
 REJECT_REASON_INVALID_CHARACTERS: RejectReason.ValueType  # 7
 """control characters in an id"""
+REJECT_REASON_PERMISSION_DENIED: RejectReason.ValueType  # 8
+"""the caller's token may not write this campaign"""
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
 class _Resolution:
