@@ -76,6 +76,31 @@ def _notifications(args: argparse.Namespace) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def _token(args: argparse.Namespace) -> None:
+    import os
+
+    from pulse.auth import digest, new_token, toml_entry
+
+    token = new_token()
+    entry = toml_entry(
+        name=args.name,
+        sha256=digest(token),
+        tenant=args.tenant or args.name,
+        write_prefixes=args.write_prefixes or [],
+        read_prefixes=args.read_prefixes or [],
+        events_per_second=args.events_per_second,
+        burst_events=args.burst_events,
+    )
+    if args.token_file:
+        fd = os.open(args.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        print(f"token written to {args.token_file} (mode 600)", file=sys.stderr)
+    else:
+        print(f"token (give it to the client; it is stored nowhere): {token}", file=sys.stderr)
+    print(entry, end="")
+
+
 def _health(args: argparse.Namespace) -> None:
     import time
 
@@ -168,6 +193,31 @@ def build_parser() -> argparse.ArgumentParser:
     notes.add_argument("--max", type=_positive_int, metavar="N", help="exit after N notifications")
     notes.add_argument("--timeout", type=_positive_float, metavar="S", help="exit after S seconds")
     notes.set_defaults(run=_notifications)
+    token = sub.add_parser(
+        "token",
+        help="issue a bearer token: prints the tokens-file entry (its digest) on stdout, "
+        "the token on stderr or into --token-file",
+    )
+    token.add_argument("--name", required=True, help="who the token is for (logs name it)")
+    token.add_argument("--tenant", help="tenant name (default: --name)")
+    token.add_argument(
+        "--write-prefix",
+        action="append",
+        dest="write_prefixes",
+        metavar="PREFIX",
+        help="campaign id prefix it may send events for (repeat; '' for every campaign)",
+    )
+    token.add_argument(
+        "--read-prefix",
+        action="append",
+        dest="read_prefixes",
+        metavar="PREFIX",
+        help="campaign id prefix it may query (repeat; '' for every campaign)",
+    )
+    token.add_argument("--events-per-second", type=float, default=0.0, help="0: no limit")
+    token.add_argument("--burst-events", type=float, default=0.0, help="default: one second's")
+    token.add_argument("--token-file", help="write the token here (created with mode 600)")
+    token.set_defaults(run=_token)
     health = sub.add_parser("health", help="check the ingest edge's gRPC health (exit 0 = SERVING)")
     health.add_argument("--target", default="127.0.0.1:50051")
     health.add_argument("--wait", type=float, default=0.0, help="seconds to wait for SERVING")

@@ -41,6 +41,31 @@ HEARTBEAT_FAILURES = Counter(
     "Heartbeat records Kafka refused or did not acknowledge, and failed partition lookups",
 )
 
+# Authentication and admission (ingest/guard.py, ingest/tokens.py), by reason, never by token.
+REFUSED_CALLS = Counter(
+    "pulse_ingest_refused_calls_total",
+    "Calls (or the rest of a stream) refused: unauthenticated, permission_denied (a query "
+    "outside the token's prefixes), rate_limited, overloaded",
+    ["reason"],
+)
+REFUSED_EVENTS = Counter(
+    "pulse_ingest_refused_events_total",
+    "Events in messages refused by a rate limit or the in-flight bound",
+    ["reason"],
+)
+INFLIGHT_EVENTS = Gauge(
+    "pulse_ingest_inflight_events", "Events admitted and not yet acknowledged by Kafka"
+)
+INFLIGHT_BYTES = Gauge(
+    "pulse_ingest_inflight_bytes", "Bytes of events admitted and not yet acknowledged by Kafka"
+)
+TOKENS = Gauge("pulse_ingest_tokens", "Tokens in force (from PULSE_TOKENS_FILE)")
+TOKEN_RELOADS = Counter(
+    "pulse_ingest_token_reloads_total",
+    "Changed tokens files read after the start: loaded, or failed (the old tokens stay)",
+    ["result"],
+)
+
 # Per gRPC call (ingest/interceptors.py); `method` is a registered method's full name.
 GRPC_INFLIGHT = Gauge(
     "pulse_ingest_grpc_inflight_requests", "gRPC calls being handled now", ["method"]
@@ -57,3 +82,9 @@ GRPC_SECONDS = Histogram(
 
 for _reason in Reason:  # every reason is exposed from the start, at 0
     EVENTS_REJECTED.labels(_reason.name.lower())
+for _refusal in ("unauthenticated", "permission_denied", "rate_limited", "overloaded"):
+    REFUSED_CALLS.labels(_refusal)
+for _refusal in ("rate_limited", "overloaded"):
+    REFUSED_EVENTS.labels(_refusal)
+for _result in ("loaded", "failed"):
+    TOKEN_RELOADS.labels(_result)

@@ -17,6 +17,7 @@ decisions only; reading and reloading the file is the edge's (`ingest/tokens.py`
 """
 
 import hashlib
+import json
 import secrets
 import tomllib
 from dataclasses import dataclass
@@ -66,6 +67,32 @@ def digest(token: str) -> str:
 def new_token() -> str:
     """A fresh random token (URL-safe text, 43 characters)."""
     return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def toml_entry(
+    *,
+    name: str,
+    sha256: str,
+    tenant: str,
+    write_prefixes: list[str],
+    read_prefixes: list[str],
+    events_per_second: float = 0.0,
+    burst_events: float = 0.0,
+) -> str:
+    """A `[[tokens]]` table for the tokens file (JSON strings are valid TOML strings)."""
+    lines = [
+        "[[tokens]]",
+        f"name = {json.dumps(name)}",
+        f'sha256 = "{sha256}"',
+        f"tenant = {json.dumps(tenant)}",
+        f"write_prefixes = {json.dumps(write_prefixes)}",
+        f"read_prefixes = {json.dumps(read_prefixes)}",
+    ]
+    if events_per_second:
+        lines.append(f"events_per_second = {events_per_second:g}")
+        if burst_events:
+            lines.append(f"burst_events = {burst_events:g}")
+    return "\n".join(lines) + "\n"
 
 
 def bearer(authorization: str) -> str | None:

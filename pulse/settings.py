@@ -3,6 +3,7 @@
 Only composition roots call `load()`; everything else takes plain constructor arguments.
 """
 
+import os
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -112,6 +113,52 @@ class IngestSettings(CommonSettings):
         description="event ids this edge remembers once acknowledged, to answer retries "
         "itself (20 bytes each; 0: leave every retry to the dataflow)",
     )
+
+    tls_cert_file: str = Field(
+        "",
+        description="PEM certificate chain the edge presents (gRPC and HTTP); empty: no TLS",
+    )
+    tls_key_file: str = Field("", description="PEM private key of PULSE_TLS_CERT_FILE")
+    tls_client_ca_file: str = Field(
+        "",
+        description="PEM CA bundle: with it, clients must present a certificate it signed "
+        "(mutual TLS); empty: no client certificates",
+    )
+    tokens_file: str = Field(
+        "",
+        description="TOML file of SHA-256 digests of bearer tokens, with tenant, campaign "
+        "prefixes and rate limits (`pulse token` issues them); empty: no authentication",
+    )
+    tokens_reload_seconds: float = Field(
+        5.0, gt=0, le=3600, description="how often the tokens file is checked for changes"
+    )
+    max_inflight_events: int = Field(
+        200_000,
+        ge=1,
+        description="events admitted and awaiting Kafka across all calls; past it, "
+        "RESOURCE_EXHAUSTED (429) with a retry hint",
+    )
+    max_inflight_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="bytes of those events (the same bound, in bytes)"
+    )
+    max_concurrent_calls: int = Field(
+        1000,
+        ge=1,
+        description="gRPC calls handled at once; further calls get RESOURCE_EXHAUSTED",
+    )
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> "IngestSettings":
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("PULSE_TLS_CERT_FILE and PULSE_TLS_KEY_FILE go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("PULSE_TLS_CLIENT_CA_FILE (mutual TLS) needs PULSE_TLS_CERT_FILE")
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "tokens_file"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                msg = f"PULSE_{name.upper()}: {path} is not a readable file"
+                raise ValueError(msg)
+        return self
 
     def limits(self) -> Limits:
         return Limits(

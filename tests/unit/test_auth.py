@@ -2,7 +2,7 @@
 
 import pytest
 
-from pulse.auth import Caller, TokenSet, bearer, digest, new_token
+from pulse.auth import Caller, TokenSet, bearer, digest, new_token, toml_entry
 from pulse.errors import ConfigError
 
 
@@ -90,3 +90,18 @@ def test_a_bad_file_is_one_clear_line(text, problem):
 )
 def test_bearer(header, token):
     assert bearer(header) == token
+
+
+def test_an_issued_entry_reads_back_as_the_same_caller():
+    token = new_token()
+    text = toml_entry(
+        name='ü "quoted" \\ name',
+        sha256=digest(token),
+        tenant="t",
+        write_prefixes=["a-", "ß-"],
+        read_prefixes=[""],
+        events_per_second=50,
+        burst_events=500,
+    )
+    caller = TokenSet.parse(text).authenticate(token)
+    assert caller == Caller('ü "quoted" \\ name', "t", ("a-", "ß-"), ("",), 50.0, 500.0)
