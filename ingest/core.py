@@ -19,6 +19,8 @@ from typing import Protocol
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from protos.analytics.v1 import analytics_pb2 as pb
+from pulse.admission import InFlight
+from pulse.auth import Caller
 from pulse.dedup import event_digest
 from pulse.errors import KafkaDeliveryError, PulseError
 from pulse.query import MetricPointRow, MetricsQuery
@@ -26,6 +28,7 @@ from pulse.validation import Limits, Reason, check_event
 from runtime import otel
 
 from . import metrics
+from .guard import DeniedError, Guard, PermissionDeniedError, RefusedError, UnauthenticatedError
 from .recent_ids import RecentIds
 
 log = logging.getLogger(__name__)
@@ -47,10 +50,24 @@ class Code(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A failed call: its code and the message the client gets."""
+    """A failed call: its code, the message the client gets, and for RESOURCE_EXHAUSTED
+    when to try again."""
 
     code: Code
     message: str
+    retry_after_ms: int | None = None
+
+
+def denied(exc: DeniedError) -> Failure:
+    """The failure a transport answers for an authentication or admission refusal."""
+    if isinstance(exc, UnauthenticatedError):
+        return Failure(Code.UNAUTHENTICATED, str(exc))
+    if isinstance(exc, PermissionDeniedError):
+        return Failure(Code.PERMISSION_DENIED, str(exc))
+    return Failure(Code.RESOURCE_EXHAUSTED, str(exc), exc.retry_after_ms)
+
+
+NO_GUARD_LIMIT = 2**62  # no authentication, no in-flight bound (tests, embedded use)
 
 
 @dataclass(slots=True)
@@ -175,6 +192,72 @@ class _TracedDelivery:
             span.end()
 
 
+class _Deliveries:
+    """One call's records on their way to Kafka: the open group, the groups awaiting
+    acknowledgement (at most `MAX_INFLIGHT_EVENTS` events, the caller's backpressure),
+    and their share of the edge's in-flight bound, given back once Kafka answered."""
+
+    def __init__(
+        self,
+        response: pb.IngestResponse,
+        ids: _CallIds,
+        guard: Guard,
+        open_delivery: Callable[[], Delivery],
+    ) -> None:
+        self._response = response
+        self._ids = ids
+        self._guard = guard
+        self._open_delivery = open_delivery
+        self._open: Delivery | None = None
+        self._held = (0, 0)  # events and bytes of the open group, held in the bound
+        # (acknowledgement, events, held events and bytes, ids) of each closed group
+        self._closed: deque[tuple[asyncio.Task[float], int, tuple[int, int], list[bytes]]]
+        self._closed = deque()
+        self.events = 0  # in closed groups
+        self.failures: list[str] = []
+
+    async def add(self, records: list[tuple[bytes, bytes]], size: int) -> None:
+        """Produce admitted records (`size` bytes, already held in the bound)."""
+        if self._open is None:
+            self._open = self._open_delivery()
+        self._held = (self._held[0] + len(records), self._held[1] + size)
+        await self._open.add(records)
+        if self._open.size >= DELIVERY_EVENTS:
+            self._close_open()
+
+    def _close_open(self) -> None:
+        # Also an empty group: it may hold an error from a record Kafka refused.
+        delivery = self._open
+        if delivery is not None:
+            task = asyncio.ensure_future(delivery.acknowledged())
+            self._closed.append((task, delivery.size, self._held, self._ids.take_group()))
+            self.events += delivery.size
+        self._open = None
+        self._held = (0, 0)
+
+    async def settle(self) -> None:
+        """Wait for the oldest group's acknowledgement; count it, or its failure."""
+        task, size, held, digests = self._closed.popleft()
+        self.events -= size
+        try:
+            metrics.PRODUCE_SECONDS.observe(await task)
+            metrics.BATCH_EVENTS.observe(size)
+            metrics.EVENTS_ACCEPTED.inc(size)
+            self._response.accepted += size
+            self._ids.acknowledged(digests)
+        except KafkaDeliveryError as exc:
+            metrics.DELIVERY_FAILURES.inc()
+            self.failures.append(str(exc))
+        finally:
+            self._guard.release(*held)
+
+    async def close(self) -> None:
+        """Close the open group and wait for every acknowledgement."""
+        self._close_open()
+        while self._closed:
+            await self.settle()
+
+
 class IngestCore:
     """Validate, produce to Kafka, count; and read metrics. Stateless apart from its adapters.
 
@@ -196,7 +279,9 @@ class IngestCore:
         *,
         tracer: Tracer | None = None,
         recent: RecentIds | None = None,
+        guard: Guard | None = None,
     ) -> None:
+        self.guard = guard or Guard(None, InFlight(NO_GUARD_LIMIT, NO_GUARD_LIMIT))
         self._producer = producer
         self._recent = recent
         self._tracer = tracer
@@ -211,70 +296,39 @@ class IngestCore:
         *,
         method: str,
         peer: str,
-        caller: object | None = None,
+        caller: Caller | None = None,
     ) -> IngestOutcome:
         """Validate and produce every batch; the outcome once Kafka answered for all.
 
-        `method` and `peer` name the call in logs. `caller` is the authenticated
-        principal of the call, for per-event checks (None: anonymous; not used yet).
-        A `BadMessageError` raised by `batches` ends the call with INVALID_ARGUMENT;
-        Kafka failing ends it with UNAVAILABLE. Either way the events acknowledged
-        before it are counted in the response.
+        `method` and `peer` name the call in logs. `caller` is the call's token (None:
+        authentication is off): its rate limit counts each batch, and its write
+        prefixes decide per event (PERMISSION_DENIED rejections). A `BadMessageError`
+        raised by `batches` ends the call with INVALID_ARGUMENT, a rate limit or the
+        edge's in-flight bound with RESOURCE_EXHAUSTED, Kafka failing with
+        UNAVAILABLE. Either way the events acknowledged before it are counted in the
+        response.
         """
-        del caller  # reserved for per-event permission and rate checks
         response = pb.IngestResponse()
-        inflight: deque[tuple[asyncio.Task[float], int, list[bytes]]] = deque()
-        inflight_events = 0
-        index = 0
-        failures: list[str] = []
-        delivery: Delivery | None = None
         ids = _CallIds(self._recent)
-
-        def close_delivery() -> None:
-            # Also an empty group: it may hold an error from a record Kafka refused.
-            nonlocal delivery, inflight_events
-            if delivery is not None:
-                task = asyncio.ensure_future(delivery.acknowledged())
-                inflight.append((task, delivery.size, ids.take_group()))
-                inflight_events += delivery.size
-            delivery = None
-
-        async def settle() -> None:
-            nonlocal inflight_events
-            task, size, digests = inflight.popleft()
-            inflight_events -= size
-            try:
-                metrics.PRODUCE_SECONDS.observe(await task)
-                metrics.BATCH_EVENTS.observe(size)
-                metrics.EVENTS_ACCEPTED.inc(size)
-                response.accepted += size
-                ids.acknowledged(digests)
-            except KafkaDeliveryError as exc:
-                metrics.DELIVERY_FAILURES.inc()
-                failures.append(str(exc))
-
-        bad: BadMessageError | None = None
+        sent = _Deliveries(response, ids, self.guard, self._open_delivery)
+        index = 0
+        bad: BadMessageError | RefusedError | None = None
         try:
             async for events in batches:
-                records = self._validate(events, index, response, ids)
+                self.guard.take_rate(caller, len(events))
+                records, size = self._validate(events, index, response, ids, caller)
                 index += len(events)
                 if records:
-                    if delivery is None:
-                        delivery = self._open_delivery()
-                    await delivery.add(records)
-                    if delivery.size >= DELIVERY_EVENTS:
-                        close_delivery()
-                while inflight_events > MAX_INFLIGHT_EVENTS:
-                    await settle()
-                if failures:
+                    await sent.add(records, size)
+                while sent.events > MAX_INFLIGHT_EVENTS:
+                    await sent.settle()
+                if sent.failures:
                     break  # Kafka is failing: stop taking events, report what was acknowledged
-        except BadMessageError as exc:
+        except (BadMessageError, RefusedError) as exc:
             bad = exc
         finally:
-            close_delivery()
-            while inflight:
-                await settle()
-        return IngestOutcome(response, _failure(method, peer, response, index, bad, failures))
+            await sent.close()
+        return IngestOutcome(response, _failure(method, peer, response, index, bad, sent.failures))
 
     def _open_delivery(self) -> Delivery:
         """A new group; when tracing, with its PRODUCER span, named in the records' headers."""
@@ -293,20 +347,30 @@ class IngestCore:
         first_index: int,
         response: pb.IngestResponse,
         ids: _CallIds,
-    ) -> list[tuple[bytes, bytes]]:
-        """Check each event; record rejections and duplicates in the response; return
-        the Kafka records to write."""
+        caller: Caller | None,
+    ) -> tuple[list[tuple[bytes, bytes]], int]:
+        """Check each event; admit the valid ones into the edge's in-flight bound (or
+        raise RefusedError, changing nothing); record rejections and duplicates in the
+        response; return the Kafka records to write and their bytes."""
         now = self._clock_ms()
         limits = self.limits
         records: list[tuple[bytes, bytes]] = []
         digests: list[bytes] = []
+        rejected: list[tuple[int, pb.RawEvent, Reason, str]] = []
         max_bytes = limits.max_event_bytes
+        size = 0
         for offset, event in enumerate(events):
             problem = check_event(event, now, limits)
+            if problem is None and caller is not None and not caller.may_write(event.campaign_id):
+                problem = (
+                    Reason.PERMISSION_DENIED,
+                    f"token {caller.name!r} may not write campaign {event.campaign_id!r}",
+                )
             if problem is None:
                 value = event.SerializeToString()
                 if len(value) <= max_bytes:
                     records.append((event.campaign_id.encode(), value))
+                    size += len(value)
                     if ids.enabled:
                         digests.append(event_digest(event.campaign_id, event.event_id))
                     continue
@@ -315,7 +379,10 @@ class IngestCore:
                     f"event is {len(value)} bytes serialized, limit {max_bytes} "
                     "(unknown fields count too)",
                 )
-            reason, detail = problem
+            rejected.append((offset, event, *problem))
+        if records:
+            self.guard.admit(len(records), size)  # before anything of this batch is recorded
+        for offset, event, reason, detail in rejected:
             response.dropped += 1
             metrics.EVENTS_REJECTED.labels(reason.name.lower()).inc()
             if len(response.rejections) < MAX_LISTED_REJECTIONS:
@@ -327,10 +394,14 @@ class IngestCore:
                 )
         metrics.EVENTS_RECEIVED.inc(len(events))
         if ids.enabled and records:
-            records, duplicates = ids.new(records, digests)
+            fresh, duplicates = ids.new(records, digests)
             response.duplicates += duplicates
             metrics.DUPLICATES.inc(duplicates)
-        return records
+            if duplicates:  # not sent: give their share of the bound back
+                kept = sum(len(value) for _key, value in fresh)
+                self.guard.release(len(records) - len(fresh), size - kept)
+                records, size = fresh, kept
+        return records, size
 
     @staticmethod
     def parse_query(  # noqa: PLR0917 (the request's fields)
@@ -361,15 +432,17 @@ def _failure(  # noqa: PLR0917
     peer: str,
     response: pb.IngestResponse,
     received: int,
-    bad: BadMessageError | None,
+    bad: BadMessageError | RefusedError | None,
     failures: list[str],
 ) -> Failure | None:
-    """INVALID_ARGUMENT (a batch over the limit, a malformed message) or UNAVAILABLE
-    (Kafka did not acknowledge everything), saying how many events were accepted."""
+    """INVALID_ARGUMENT (a batch over the limit, a malformed message), RESOURCE_EXHAUSTED
+    (a rate limit, the in-flight bound) or UNAVAILABLE (Kafka did not acknowledge
+    everything), saying how many events were accepted."""
     if bad is not None:
-        return Failure(
-            Code.INVALID_ARGUMENT, f"{bad}; the {response.accepted} events before it were accepted"
-        )
+        accepted = f"the {response.accepted} events before it were accepted"
+        if isinstance(bad, RefusedError):
+            return Failure(Code.RESOURCE_EXHAUSTED, f"{bad}; {accepted}", bad.retry_after_ms)
+        return Failure(Code.INVALID_ARGUMENT, f"{bad}; {accepted}")
     if failures:
         valid = received - response.dropped - response.duplicates  # those sent to Kafka
         log_call_error(

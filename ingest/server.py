@@ -10,9 +10,11 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import Tracer
 from prometheus_client import start_http_server
 
 from protos.analytics.v1 import analytics_pb2 as pb
+from pulse.admission import InFlight
 from pulse.health import CheckResult
 from pulse.settings import IngestSettings
 from pulse.timeutil import now_ms
@@ -21,12 +23,15 @@ from runtime import otel
 from runtime.health import HealthServer, kafka_check, postgres_check
 from runtime.logs import configure, log_config
 
+from .guard import Guard
 from .heartbeat import HeartbeatWriter, edge_source
 from .interceptors import MetricsInterceptor
 from .messages import add_service
 from .producer import KafkaEventProducer
 from .recent_ids import RecentIds
 from .servicer import AnalyticsServicer
+from .tls import TlsFiles
+from .tokens import TokenFile
 
 log = logging.getLogger(__name__)
 
@@ -68,31 +73,37 @@ async def _watch_health(
         await asyncio.sleep(HEALTH_INTERVAL_S)
 
 
+def security_summary(settings: IngestSettings) -> str:
+    """One line on TLS and authentication, warning when an edge open to the network has
+    neither."""
+    transport = "plaintext"
+    if settings.tls_cert_file:
+        transport = "mutual TLS" if settings.tls_client_ca_file else "TLS"
+    auth = "bearer tokens" if settings.tokens_file else "no authentication"
+    summary = f"{transport}, {auth}"
+    loopback = settings.grpc_host in ("127.0.0.1", "::1", "localhost")
+    if not loopback and not (settings.tls_cert_file and settings.tokens_file):
+        summary += " (WARNING: listening beyond loopback; see the README's Security section)"
+    return summary
+
+
 def _report_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("heartbeats stopped", exc_info=task.exception())
 
 
-async def serve(settings: IngestSettings) -> None:
-    """Run the gRPC server until SIGINT/SIGTERM, then drain and close."""
-    started = time.monotonic()
-    tracing = otel.setup(otel.INGEST_SERVICE)  # off unless an OTLP endpoint is set
-    producer = KafkaEventProducer(
-        settings.kafka_bootstrap, settings.topic_raw, settings.produce_timeout_seconds
-    )
-    reader = TimescaleMetricsReader(settings.pg_dsn.get_secret_value())
-    await reader.open()
-    servicer = AnalyticsServicer(
-        producer,
-        reader,
-        settings.limits(),
-        settings.max_batch_events,
-        now_ms,
-        tracer=tracing.tracer,
-        recent=recent_ids(settings),
-    )
+async def grpc_server(
+    settings: IngestSettings,
+    servicer: AnalyticsServicer,
+    tracer: Tracer | None,
+    tls: TlsFiles | None,
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """The gRPC server: the service, health (NOT_SERVING until Kafka answers) and
+    reflection, on PULSE_GRPC_HOST:PULSE_GRPC_PORT, with TLS when configured. Health and
+    reflection need no token."""
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(tracing.tracer)],
+        interceptors=[MetricsInterceptor(tracer)],
+        maximum_concurrent_rpcs=settings.max_concurrent_calls,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -107,7 +118,37 @@ async def serve(settings: IngestSettings) -> None:
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     address = f"{settings.grpc_host}:{settings.grpc_port}"
-    server.add_insecure_port(address)
+    if tls is None:
+        server.add_insecure_port(address)
+    else:
+        server.add_secure_port(address, tls.grpc_credentials())
+    return server, health_servicer
+
+
+async def serve(settings: IngestSettings) -> None:
+    """Run the gRPC server until SIGINT/SIGTERM, then drain and close."""
+    started = time.monotonic()
+    tracing = otel.setup(otel.INGEST_SERVICE)  # off unless an OTLP endpoint is set
+    producer = KafkaEventProducer(
+        settings.kafka_bootstrap, settings.topic_raw, settings.produce_timeout_seconds
+    )
+    tls = TlsFiles.of(settings)  # read and checked now: a wrong file stops the edge here
+    tokens = TokenFile(settings.tokens_file) if settings.tokens_file else None
+    guard = Guard(tokens, InFlight(settings.max_inflight_events, settings.max_inflight_bytes))
+    reader = TimescaleMetricsReader(settings.pg_dsn.get_secret_value())
+    await reader.open()
+    servicer = AnalyticsServicer(
+        producer,
+        reader,
+        settings.limits(),
+        settings.max_batch_events,
+        now_ms,
+        tracer=tracing.tracer,
+        recent=recent_ids(settings),
+        guard=guard,
+    )
+    server, health_servicer = await grpc_server(settings, servicer, tracing.tracer, tls)
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.grpc_host)
     check_kafka = kafka_check(producer.raw_producer, settings.topic_raw)
@@ -122,6 +163,9 @@ async def serve(settings: IngestSettings) -> None:
         ).start()
     await server.start()
     watcher = asyncio.create_task(_watch_health(check_kafka, health_servicer))
+    reloads = None
+    if tokens is not None:
+        reloads = asyncio.create_task(tokens.watch(settings.tokens_reload_seconds))
     heartbeats = None
     if settings.heartbeat_interval_seconds > 0:
         heartbeats = HeartbeatWriter(
@@ -139,6 +183,7 @@ async def serve(settings: IngestSettings) -> None:
         settings.topic_raw,
         settings.kafka_bootstrap,
     )
+    log.info("edge security: %s", security_summary(settings))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -147,6 +192,8 @@ async def serve(settings: IngestSettings) -> None:
     await stop.wait()
     log.info("stopping: draining in-flight calls")
     watcher.cancel()
+    if reloads is not None:
+        reloads.cancel()
     await server.stop(grace=10)
     if heartbeats is not None:  # after the drain, before the producer's final flush
         heartbeats.stop()

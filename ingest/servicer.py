@@ -26,10 +26,13 @@ from .core import (
     Code,
     Delivery,
     EventProducer,
+    Failure,
     IngestCore,
     MetricsReader,
+    denied,
     log_call_error,
 )
+from .guard import DeniedError, Guard
 from .messages import Malformed
 from .recent_ids import RecentIds
 
@@ -77,9 +80,17 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         *,
         tracer: Tracer | None = None,
         recent: RecentIds | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.core = IngestCore(
-            producer, reader, limits, max_batch_events, clock_ms, tracer=tracer, recent=recent
+            producer,
+            reader,
+            limits,
+            max_batch_events,
+            clock_ms,
+            tracer=tracer,
+            recent=recent,
+            guard=guard,
         )
 
     async def IngestEvents(  # noqa: N802 (gRPC method name)
@@ -112,9 +123,13 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     async def _ingest(
         self, method: str, batches: AsyncIterator[Sequence[pb.RawEvent]], context: Context
     ) -> pb.IngestResponse:
-        outcome = await self.core.ingest(batches, method=method, peer=context.peer())
+        try:
+            caller = self.core.guard.caller(_authorization(context))
+        except DeniedError as exc:
+            await _abort(context, denied(exc))
+        outcome = await self.core.ingest(batches, method=method, peer=context.peer(), caller=caller)
         if outcome.failure is not None:
-            await context.abort(STATUS[outcome.failure.code], outcome.failure.message)
+            await _abort(context, outcome.failure)
         return outcome.response
 
     async def QueryMetrics(  # noqa: N802
@@ -134,6 +149,11 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             )
         except QueryError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            guard = self.core.guard
+            guard.check_read(guard.caller(_authorization(context)), query.campaign_id)
+        except DeniedError as exc:
+            await _abort(context, denied(exc))
         resolution = pb.Resolution.ValueType(query.resolution)
         try:
             async for row in self.core.points(query):
@@ -162,3 +182,18 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         except SinkError as exc:
             log_call_error("QueryMetrics", context.peer(), f"the metrics store failed: {exc}")
             await context.abort(grpc.StatusCode.UNAVAILABLE, STORE_UNAVAILABLE)
+
+
+def _authorization(context: Context) -> str | None:
+    """The call's `authorization` metadata value, if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else None
+    return None
+
+
+async def _abort(context: Context, failure: Failure) -> None:
+    """End the call with the failure's status; a retry hint goes in the trailers."""
+    if failure.retry_after_ms is not None:
+        context.set_trailing_metadata((("retry-after-ms", str(failure.retry_after_ms)),))
+    await context.abort(STATUS[failure.code], failure.message)

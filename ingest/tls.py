@@ -24,9 +24,12 @@ class TlsFiles:
 
     @classmethod
     def of(cls, settings: IngestSettings) -> "TlsFiles | None":
+        """The configured files, checked (ConfigError names a file that is wrong)."""
         if not settings.tls_cert_file:
             return None
-        return cls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+        files = cls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+        files.check()
+        return files
 
     def grpc_credentials(self) -> grpc.ServerCredentials:
         """Server credentials; with a client CA, a client without a certificate it signed
