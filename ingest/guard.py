@@ -7,7 +7,8 @@ refusals by reason, never by token.
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from pulse.admission import InFlight, RateLimits, Refusal
 from pulse.auth import Caller, bearer
@@ -50,10 +51,13 @@ class Guard:
         self,
         tokens: TokenFile | None,
         inflight: InFlight,
+        max_calls: int = 2**31,
         clock_s: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tokens = tokens
         self._inflight = inflight
+        self._max_calls = max_calls
+        self._calls = 0
         self._limits = RateLimits()
         self._clock_s = clock_s
 
@@ -72,6 +76,27 @@ class Guard:
             problem = "invalid bearer token" if token else "missing bearer token"
             raise UnauthenticatedError(f"{problem} (send `authorization: Bearer <token>`)")
         return caller
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        """One call of at most `max_calls` at once; RefusedError past it.
+
+        (grpc.aio's own `maximum_concurrent_rpcs` answers a streaming call it turns away
+        with CANCELLED, which tells the client nothing.)"""
+        if self._calls >= self._max_calls:
+            self._refuse(
+                Refusal(
+                    "overloaded",
+                    f"the edge is handling its limit of {self._max_calls} calls; retry in 1 s",
+                    1.0,
+                ),
+                0,
+            )
+        self._calls += 1
+        try:
+            yield
+        finally:
+            self._calls -= 1
 
     def check_read(self, caller: Caller | None, campaign_id: str) -> None:
         if caller is not None and not caller.may_read(campaign_id):

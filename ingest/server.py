@@ -103,7 +103,6 @@ async def grpc_server(
     reflection need no token."""
     server = grpc.aio.server(
         interceptors=[MetricsInterceptor(tracer)],
-        maximum_concurrent_rpcs=settings.max_concurrent_calls,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -134,7 +133,8 @@ async def serve(settings: IngestSettings) -> None:
     )
     tls = TlsFiles.of(settings)  # read and checked now: a wrong file stops the edge here
     tokens = TokenFile(settings.tokens_file) if settings.tokens_file else None
-    guard = Guard(tokens, InFlight(settings.max_inflight_events, settings.max_inflight_bytes))
+    inflight = InFlight(settings.max_inflight_events, settings.max_inflight_bytes)
+    guard = Guard(tokens, inflight, settings.max_concurrent_calls)
     reader = TimescaleMetricsReader(settings.pg_dsn.get_secret_value())
     await reader.open()
     servicer = AnalyticsServicer(

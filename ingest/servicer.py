@@ -5,6 +5,8 @@ the reply or a status: INVALID_ARGUMENT for a bad message, UNAVAILABLE when Kafk
 not acknowledge everything (see `STATUS`).
 """
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -28,6 +30,7 @@ from .core import (
     EventProducer,
     Failure,
     IngestCore,
+    IngestOutcome,
     MetricsReader,
     denied,
     log_call_error,
@@ -48,6 +51,8 @@ __all__ = [
 ]
 
 Context = grpc.aio.ServicerContext[Any, Any]
+DRAIN_MESSAGES = 2
+DRAIN_S = 0.2
 
 # The gRPC status of each failure code of the core.
 STATUS = {
@@ -103,7 +108,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     raise _MalformedMessageError(event)
                 yield [event]
 
-        return await self._ingest("IngestEvents", batches(), context)
+        return await self._ingest("IngestEvents", batches(), context, request_iterator)
 
     async def IngestEventBatches(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.EventBatch], context: Context
@@ -118,17 +123,26 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     raise BatchTooLargeError(len(batch.events), limit)
                 yield batch.events
 
-        return await self._ingest("IngestEventBatches", batches(), context)
+        return await self._ingest("IngestEventBatches", batches(), context, request_iterator)
 
     async def _ingest(
-        self, method: str, batches: AsyncIterator[Sequence[pb.RawEvent]], context: Context
+        self,
+        method: str,
+        batches: AsyncIterator[Sequence[pb.RawEvent]],
+        context: Context,
+        requests: AsyncIterator[object],
     ) -> pb.IngestResponse:
+        guard = self.core.guard
         try:
-            caller = self.core.guard.caller(_authorization(context))
+            with guard.call():
+                caller = guard.caller(_authorization(context))
+                outcome = await self.core.ingest(
+                    batches, method=method, peer=context.peer(), caller=caller
+                )
         except DeniedError as exc:
-            await _abort(context, denied(exc))
-        outcome = await self.core.ingest(batches, method=method, peer=context.peer(), caller=caller)
+            outcome = IngestOutcome(pb.IngestResponse(), denied(exc))
         if outcome.failure is not None:
+            await _wait_half_close(requests)
             await _abort(context, outcome.failure)
         return outcome.response
 
@@ -190,6 +204,20 @@ def _authorization(context: Context) -> str | None:
         if key == "authorization":
             return value if isinstance(value, str) else None
     return None
+
+
+async def _wait_half_close(requests: AsyncIterator[object]) -> None:
+    """Read what the client still sends, briefly (at most `DRAIN_MESSAGES` messages,
+    `DRAIN_S` seconds), before a failure status: a status that overtakes the client's
+    last message and half-close reaches a grpcio client as CANCELLED, not as the status
+    sent."""
+    with contextlib.suppress(TimeoutError, grpc.RpcError):
+        async with asyncio.timeout(DRAIN_S):
+            read = 0
+            async for _ in requests:
+                read += 1
+                if read >= DRAIN_MESSAGES:
+                    return
 
 
 async def _abort(context: Context, failure: Failure) -> None:

@@ -144,7 +144,7 @@ class IngestSettings(CommonSettings):
     max_concurrent_calls: int = Field(
         1000,
         ge=1,
-        description="gRPC calls handled at once; further calls get RESOURCE_EXHAUSTED",
+        description="ingest calls handled at once; further calls get RESOURCE_EXHAUSTED",
     )
 
     @model_validator(mode="after")

@@ -6,9 +6,10 @@ from confluent_kafka.admin import AdminClient
 Record = tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 
-def consume_all(bootstrap: str, topic: str, partitions: int) -> list[Record]:
+def consume_all(bootstrap: str, topic: str, partitions: int, expected: int = 0) -> list[Record]:
     """Every record of the topic as (partition, offset, key, value, headers), partition by
-    partition in offset order, up to the end of each partition."""
+    partition in offset order, up to the end of each partition (`expected`: about how
+    many there are, to wait long enough for large topics)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -20,7 +21,7 @@ def consume_all(bootstrap: str, topic: str, partitions: int) -> list[Record]:
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     out: list[Record] = []
     at_end: set[int] = set()
-    for _ in range(600):
+    for _ in range(max(600, 2 * expected // 1000)):
         for msg in consumer.consume(1000, timeout=0.1):
             error = msg.error()
             if error is not None:
