@@ -354,6 +354,9 @@ class GatewayServer:
         )
         self._sock = sock
         self._server = _Server(config)
+        # uvicorn logs its start and stop at INFO under "uvicorn.error": the edge says
+        # itself where it listens, so only uvicorn's warnings and errors are kept.
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         self._task: asyncio.Task[None] | None = None
 
     @property
