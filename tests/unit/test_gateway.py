@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,7 +15,14 @@ from starlette.routing import Route
 
 from ingest.client import PulseClient
 from ingest.core import DELIVERY_EVENTS, IngestCore
-from ingest.gateway import OPENAPI_PATH, Gateway, point_json, response_json
+from ingest.gateway import (
+    OPENAPI_PATH,
+    Gateway,
+    GatewayServer,
+    bind,
+    point_json,
+    response_json,
+)
 from ingest.jsonevents import FIELD_TYPES
 from ingest.messages import add_service
 from ingest.recent_ids import RecentIds
@@ -412,3 +421,41 @@ def test_openapi_schemas_are_the_json_the_gateway_reads_and_writes() -> None:
     assert params == set(pb.MetricsRequest.DESCRIPTOR.fields_by_name) - {"dimensions"} | {
         "dimension"
     }
+
+
+# -- the server inside the edge's event loop ------------------------------------------
+
+
+def test_the_server_answers_on_its_socket_and_leaves_the_signal_handlers_alone() -> None:
+    core = IngestCore(RecordingProducer(), FixedReader(), Limits(), MAX_EVENTS, lambda: NOW)
+    app = Gateway(core, max_body_bytes=MAX_BODY).app()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stopped = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stopped.set)  # as the edge does
+        before = signal.getsignal(signal.SIGTERM)
+        sock = bind("127.0.0.1", 0)
+        # asyncio sets TCP_NODELAY only on sockets that say they are TCP: without it a
+        # response written in two parts waited ~40 ms for the client's delayed ACK.
+        assert sock.proto == socket.IPPROTO_TCP
+        server = GatewayServer(app, sock)
+        port = server.port
+        server.start()
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                for _ in range(50):  # until uvicorn has started serving
+                    try:
+                        reply = await client.post("/v1/events", json=as_json([event(1)]))
+                        break
+                    except httpx.ConnectError:
+                        await asyncio.sleep(0.02)
+                assert reply.json()["accepted"] == 1
+                assert signal.getsignal(signal.SIGTERM) is before
+        finally:
+            await server.stop()
+            loop.remove_signal_handler(signal.SIGTERM)
+        with pytest.raises(OSError):  # stopped: nothing listens any more
+            socket.create_connection(("127.0.0.1", port), timeout=1)
+
+    asyncio.run(main())
