@@ -91,6 +91,7 @@ def main() -> None:
         "PULSE_TOPIC_RAW": topics["raw"],
         "PULSE_GRPC_PORT": str(port),
         "PULSE_METRICS_PORT": "0",
+        "PULSE_HTTP_PORT": "0",
     }
     target = f"127.0.0.1:{port}"
     events = synthetic_events(args.events)

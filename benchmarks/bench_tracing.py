@@ -70,7 +70,9 @@ def edge_rates(
     """(IngestEventBatches 500/message, IngestEvents) events/s of one `pulse serve` run."""
     with (
         tempfile.TemporaryDirectory() as tmp,
-        pulse_process("serve", {**env, "PULSE_GRPC_PORT": str(port)}, Path(tmp)) as proc,
+        pulse_process(
+            "serve", {**env, "PULSE_GRPC_PORT": str(port), "PULSE_HTTP_PORT": "0"}, Path(tmp)
+        ) as proc,
     ):
         wait_serving(target, proc)
         batched = asyncio.run(measure(target, events, 500))

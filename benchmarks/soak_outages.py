@@ -124,7 +124,11 @@ def soak(
         "PULSE_HEARTBEAT_INTERVAL_SECONDS": "1",
     }
     with (
-        pulse_process("serve", {**env, "PULSE_HEALTH_PORT": str(free_port())}, work),
+        pulse_process(
+            "serve",
+            {**env, "PULSE_HEALTH_PORT": str(free_port()), "PULSE_HTTP_PORT": "0"},
+            work,
+        ),
         pulse_process("flow", {**env, "PULSE_HEALTH_PORT": str(flow_health)}, work) as flow,
     ):
         sender = Sender(f"127.0.0.1:{grpc_port}", args.rate)

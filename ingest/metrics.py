@@ -1,15 +1,15 @@
 """Prometheus metrics of the ingest edge (names follow Prometheus conventions).
 
 Served on `PULSE_METRICS_PORT` by prometheus_client. Labels are low-cardinality:
-rejection reasons, and registered gRPC methods with their status codes; never
-campaign ids.
+rejection reasons, registered gRPC methods with their status codes, the HTTP
+gateway's routes with their statuses; never campaign ids.
 """
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from pulse.validation import Reason
 
-EVENTS_RECEIVED = Counter("pulse_ingest_events_received_total", "Events received over gRPC")
+EVENTS_RECEIVED = Counter("pulse_ingest_events_received_total", "Events received (gRPC and HTTP)")
 EVENTS_ACCEPTED = Counter(
     "pulse_ingest_events_accepted_total", "Events acknowledged by Kafka and reported accepted"
 )
@@ -78,6 +78,17 @@ GRPC_SECONDS = Histogram(
     "Time from the start of a gRPC call to its status (streaming calls included)",
     ["method"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+
+# Per HTTP request of the gateway (ingest/gateway.py); `route` is one of its fixed paths.
+HTTP_HANDLED = Counter(
+    "pulse_ingest_http_handled_total", "HTTP requests answered, by status", ["route", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "pulse_ingest_http_request_duration_seconds",
+    "Time from an HTTP request's routing to its response (to the first byte when streamed)",
+    ["route"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
 for _reason in Reason:  # every reason is exposed from the start, at 0

@@ -1,4 +1,5 @@
-"""Composition root of the ingest edge: settings -> Kafka producer, TimescaleDB reader -> gRPC."""
+"""Composition root of the ingest edge: settings -> Kafka producer, TimescaleDB reader ->
+gRPC and the HTTP/JSON gateway (one core, one event loop)."""
 
 import asyncio
 import contextlib
@@ -20,9 +21,11 @@ from pulse.settings import IngestSettings
 from pulse.timeutil import now_ms
 from query.metrics import TimescaleMetricsReader
 from runtime import otel
-from runtime.health import HealthServer, kafka_check, postgres_check
+from runtime.health import Check, HealthServer, Probes, kafka_check, postgres_check
 from runtime.logs import configure, log_config
 
+from .core import IngestCore
+from .gateway import Gateway, GatewayServer, bind
 from .guard import Guard
 from .heartbeat import HeartbeatWriter, edge_source
 from .interceptors import MetricsInterceptor
@@ -92,6 +95,27 @@ def _report_crash(task: asyncio.Task[None]) -> None:
         log.error("heartbeats stopped", exc_info=task.exception())
 
 
+def _http_listeners(
+    settings: IngestSettings,
+    core: IngestCore,
+    check_kafka: Check,
+    started: float,
+    tls: TlsFiles | None,
+) -> tuple[Probes, HealthServer | None, GatewayServer | None]:
+    """The readiness probes, the health server (started) and the HTTP gateway (bound,
+    not started), each unless its port is 0. Both give the same health answers."""
+    checks = {"kafka": check_kafka, "postgres": postgres_check(settings.pg_dsn.get_secret_value())}
+    probes = Probes(checks, started=started)
+    health_server = None
+    if settings.health_port:
+        health_server = HealthServer(settings.health_host, settings.health_port, probes).start()
+    gateway = None
+    if settings.http_port:
+        app = Gateway(core, max_body_bytes=settings.http_max_body_bytes, probes=probes).app()
+        gateway = GatewayServer(app, bind(settings.http_host, settings.http_port), tls=tls)
+    return probes, health_server, gateway
+
+
 async def grpc_server(
     settings: IngestSettings,
     servicer: AnalyticsServicer,
@@ -125,7 +149,7 @@ async def grpc_server(
 
 
 async def serve(settings: IngestSettings) -> None:
-    """Run the gRPC server until SIGINT/SIGTERM, then drain and close."""
+    """Run the gRPC server and the HTTP gateway until SIGINT/SIGTERM, then drain and close."""
     started = time.monotonic()
     tracing = otel.setup(otel.INGEST_SERVICE)  # off unless an OTLP endpoint is set
     producer = KafkaEventProducer(
@@ -152,16 +176,12 @@ async def serve(settings: IngestSettings) -> None:
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.grpc_host)
     check_kafka = kafka_check(producer.raw_producer, settings.topic_raw)
-    health_server = None
-    if settings.health_port:
-        checks = {
-            "kafka": check_kafka,
-            "postgres": postgres_check(settings.pg_dsn.get_secret_value()),
-        }
-        health_server = HealthServer(
-            settings.health_host, settings.health_port, checks, started=started
-        ).start()
+    probes, health_server, gateway = _http_listeners(
+        settings, servicer.core, check_kafka, started, tls
+    )
     await server.start()
+    if gateway is not None:
+        gateway.start()
     watcher = asyncio.create_task(_watch_health(check_kafka, health_servicer))
     reloads = None
     if tokens is not None:
@@ -194,7 +214,9 @@ async def serve(settings: IngestSettings) -> None:
     watcher.cancel()
     if reloads is not None:
         reloads.cancel()
-    await server.stop(grace=10)
+    await asyncio.gather(
+        server.stop(grace=10), gateway.stop() if gateway is not None else asyncio.sleep(0)
+    )
     if heartbeats is not None:  # after the drain, before the producer's final flush
         heartbeats.stop()
         with contextlib.suppress(Exception):  # a crash was logged when it happened
@@ -203,6 +225,7 @@ async def serve(settings: IngestSettings) -> None:
     await reader.close()
     if health_server is not None:
         health_server.close()
+    probes.close()
     await asyncio.to_thread(tracing.shutdown)  # the last spans, bounded by a timeout
 
 

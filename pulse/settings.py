@@ -92,7 +92,9 @@ class IngestSettings(CommonSettings):
     grpc_host: str = Field("127.0.0.1", description="address the gRPC server binds")
     grpc_port: int = Field(50051, ge=1, le=65_535, description="gRPC port")
     metrics_port: int = Field(9464, ge=0, le=65_535, description="Prometheus port; 0 disables")
-    max_batch_events: int = Field(10_000, ge=1, description="events per EventBatch message")
+    max_batch_events: int = Field(
+        10_000, ge=1, description="events per EventBatch message and per HTTP request"
+    )
     max_message_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="largest gRPC message accepted"
     )
@@ -105,6 +107,13 @@ class IngestSettings(CommonSettings):
     )
     health_port: int = Field(
         8081, ge=0, le=65_535, description="HTTP /healthz and /readyz port; 0 disables"
+    )
+    http_host: str = Field("127.0.0.1", description="address the HTTP/JSON gateway binds")
+    http_port: int = Field(
+        8080, ge=0, le=65_535, description="HTTP/JSON gateway port; 0 disables the gateway"
+    )
+    http_max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="largest HTTP request body accepted (else 413)"
     )
 
     edge_dedup_ids: int = Field(

@@ -129,13 +129,16 @@ class ConcurrentChecks:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class HealthServer:
-    """Serves /healthz and /readyz on `host:port` from daemon threads."""
+class Probes:
+    """The answers of /healthz and /readyz: checks run concurrently, results cached.
+
+    One instance serves the health server and the edge's HTTP gateway alike, so both
+    give the same answers from the same cache. `answer` may block for up to the checks'
+    deadline: call it from a thread in async code.
+    """
 
     def __init__(
         self,
-        host: str,
-        port: int,
         checks: Mapping[str, Check],
         *,
         started: float | None = None,
@@ -143,14 +146,46 @@ class HealthServer:
     ) -> None:
         self._started = time.monotonic() if started is None else started
         self._checks = ConcurrentChecks(checks)
-        cached = CachedChecks(self._checks, time.monotonic, cache_s)
-        uptime = self.uptime_s
+        self._cached = CachedChecks(self._checks, time.monotonic, cache_s)
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self._started
+
+    def answer(self, path: str) -> tuple[int, dict[str, Any]]:
+        """The HTTP status and JSON body for `path`."""
+        return respond(path, self.uptime_s(), self._cached)
+
+    def close(self) -> None:
+        self._checks.close()
+
+
+class HealthServer:
+    """Serves /healthz and /readyz on `host:port` from daemon threads.
+
+    `checks` are the named readiness checks, or `Probes` already built over them (to
+    share them with another listener).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        checks: Mapping[str, Check] | Probes,
+        *,
+        started: float | None = None,
+        cache_s: float = CACHE_S,
+    ) -> None:
+        if isinstance(checks, Probes):
+            self.probes = checks
+        else:
+            self.probes = Probes(checks, started=started, cache_s=cache_s)
+        answer = self.probes.answer
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "pulse-health"
 
             def _answer(self, body: bool) -> None:
-                status, payload = respond(self.path, uptime(), cached)
+                status, payload = answer(self.path)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -180,7 +215,7 @@ class HealthServer:
         return int(self._server.server_address[1])
 
     def uptime_s(self) -> float:
-        return time.monotonic() - self._started
+        return self.probes.uptime_s()
 
     def start(self) -> "HealthServer":
         self._thread.start()
@@ -194,4 +229,4 @@ class HealthServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-        self._checks.close()
+        self.probes.close()

@@ -30,6 +30,8 @@ class Pipeline:
     ) -> None:
         grpc_port = free_port()
         self.target = f"127.0.0.1:{grpc_port}"
+        self.http_port = free_port()
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
         self.bootstrap = stack.kafka_bootstrap
         self.dsn = dsn
         self.topics = topics
@@ -47,6 +49,7 @@ class Pipeline:
             "PULSE_SNAPSHOT_INTERVAL_SECONDS": "1",
             "PULSE_HEARTBEAT_INTERVAL_SECONDS": "0.5",
             "PULSE_GRPC_PORT": str(grpc_port),
+            "PULSE_HTTP_PORT": str(self.http_port),
             "PULSE_METRICS_PORT": str(free_port()),
             "PULSE_API_PORT": str(free_port()),
             "PULSE_KAFKA_BATCH_SIZE": "500",

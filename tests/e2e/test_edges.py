@@ -30,6 +30,7 @@ def test_two_edge_replicas_serving_at_once_give_exact_results(
             "PULSE_GRPC_PORT": second.rsplit(":", 1)[1],
             "PULSE_METRICS_PORT": str(free_port()),
             "PULSE_HEALTH_PORT": str(free_port()),
+            "PULSE_HTTP_PORT": str(free_port()),
         }
         with (tmp_path / "serve-replica.log").open("wb") as log:
             replica = subprocess.Popen(

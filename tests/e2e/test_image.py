@@ -262,7 +262,9 @@ def test_the_image_runs_migrate_the_edge_and_the_dataflow(
             **names.topics,
         },
     )
-    ports = {name: free_port() for name in ("grpc", "metrics", "serve_health", "flow_health")}
+    ports = {
+        name: free_port() for name in ("grpc", "metrics", "serve_health", "flow_health", "http")
+    }
     ports["api"] = free_port()
     recovery = tmp_path / "recovery"
     recovery.mkdir()
@@ -284,6 +286,7 @@ def test_the_image_runs_migrate_the_edge_and_the_dataflow(
                 "PULSE_GRPC_PORT": str(ports["grpc"]),
                 "PULSE_METRICS_PORT": str(ports["metrics"]),
                 "PULSE_HEALTH_PORT": str(ports["serve_health"]),
+                "PULSE_HTTP_PORT": str(ports["http"]),
                 "PULSE_HEARTBEAT_INTERVAL_SECONDS": "0.5",
             },
         )

@@ -314,7 +314,12 @@ def test_container_ports_are_the_settings_ports(
     """Each named container port is the one its process listens on: the settings' field
     default (pulse/settings.py), or what the manifest sets in its environment."""
     expected = {
-        "serve": {"grpc": "grpc_port", "metrics": "metrics_port", "health": "health_port"},
+        "serve": {
+            "grpc": "grpc_port",
+            "metrics": "metrics_port",
+            "health": "health_port",
+            "http": "http_port",
+        },
         "flow": {"api": "api_port", "health": "health_port"},
     }
     for command, ports in expected.items():
