@@ -10,7 +10,6 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.health import CheckResult
@@ -19,6 +18,7 @@ from pulse.timeutil import now_ms
 from query.metrics import TimescaleMetricsReader
 from runtime import otel
 from runtime.health import HealthServer, kafka_check, postgres_check
+from runtime.metrics_http import MetricsServer
 from runtime.logs import configure, log_config
 
 from .heartbeat import HeartbeatWriter, edge_source
@@ -76,6 +76,10 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 async def serve(settings: IngestSettings) -> None:
     """Run the gRPC server until SIGINT/SIGTERM, then drain and close."""
     started = time.monotonic()
+    # First: a taken port stops the process before it connects to anything.
+    metrics_server = None
+    if settings.metrics_port:
+        metrics_server = MetricsServer(settings.metrics_host, settings.metrics_port)
     tracing = otel.setup(otel.INGEST_SERVICE)  # off unless an OTLP endpoint is set
     producer = KafkaEventProducer(
         settings.kafka_bootstrap, settings.topic_raw, settings.produce_timeout_seconds
@@ -108,8 +112,6 @@ async def serve(settings: IngestSettings) -> None:
     )
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     server.add_insecure_port(address)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.grpc_host)
     check_kafka = kafka_check(producer.raw_producer, settings.topic_raw)
     health_server = None
     if settings.health_port:
@@ -133,9 +135,8 @@ async def serve(settings: IngestSettings) -> None:
         heartbeat_task = asyncio.create_task(heartbeats.run(), name="heartbeats")
         heartbeat_task.add_done_callback(_report_crash)
     log.info(
-        "ingest edge listening on %s (metrics on :%s), producing to %s at %s",
+        "ingest edge listening on %s, producing to %s at %s",
         address,
-        settings.metrics_port,
         settings.topic_raw,
         settings.kafka_bootstrap,
     )
@@ -156,6 +157,8 @@ async def serve(settings: IngestSettings) -> None:
     await reader.close()
     if health_server is not None:
         health_server.close()
+    if metrics_server is not None:
+        metrics_server.close()
     await asyncio.to_thread(tracing.shutdown)  # the last spans, bounded by a timeout
 
 
