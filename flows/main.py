@@ -136,7 +136,7 @@ def enable_bytewax_api(s: FlowSettings) -> None:
         except OSError as exc:
             msg = f"PULSE_BYTEWAX_API_PORT {port} cannot be bound: {exc.strerror}"
             raise ConfigError(msg) from None
-    log.warning("Bytewax's API on port %d of every address (PULSE_BYTEWAX_API_PORT)", port)
+    log.info("Bytewax's API on port %d of every address (PULSE_BYTEWAX_API_PORT)", port)
 
 
 def recovery(s: FlowSettings) -> RecoveryConfig | None:
