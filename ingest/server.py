@@ -18,8 +18,8 @@ from pulse.timeutil import now_ms
 from query.metrics import TimescaleMetricsReader
 from runtime import otel
 from runtime.health import HealthServer, kafka_check, postgres_check
-from runtime.metrics_http import MetricsServer
 from runtime.logs import configure, log_config
+from runtime.metrics_http import MetricsServer
 
 from .heartbeat import HeartbeatWriter, edge_source
 from .interceptors import MetricsInterceptor

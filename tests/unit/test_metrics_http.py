@@ -1,6 +1,8 @@
 """The /metrics server binds the configured address only, and serves the default registry."""
 
 import socket
+import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -37,5 +39,37 @@ def test_metrics_answer_on_the_configured_address_only() -> None:
 def test_an_address_this_machine_lacks_is_one_config_error() -> None:
     port = free_port()
     # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): never an address of this machine.
-    with pytest.raises(ConfigError, match=f"^PULSE_METRICS_PORT {port} cannot be bound on 192.0.2.1: "):
+    with pytest.raises(ConfigError) as raised:
         MetricsServer("192.0.2.1", port)
+    assert str(raised.value) == (
+        f"PULSE_METRICS_PORT {port} cannot be bound on 192.0.2.1: Cannot assign requested address"
+    )
+
+
+@pytest.mark.parametrize("command", ["serve", "flow"])
+def test_a_taken_metrics_port_stops_the_process_with_one_line(command: str) -> None:
+    """Before the process connects to anything: exit status 2, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "cli", command],
+            env={
+                "PATH": "",
+                "PULSE_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+                "PULSE_PG_DSN": "postgresql://pulse:pulse@127.0.0.1:1/pulse",
+                "PULSE_METRICS_PORT": str(port),
+                "PULSE_HEALTH_PORT": "0",
+                "PULSE_STARTING_OFFSET": "end",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"pulse: PULSE_METRICS_PORT {port} cannot be bound on 127.0.0.1: Address already in use"
+    )
