@@ -181,14 +181,14 @@ def run_flow(
         ports: set[int] = set()
         while len(ports) < 3 * processes:  # none bound yet: each must differ from the rest
             ports.add(free_port())
-        cluster, api, health = (sorted(ports)[i::3] for i in range(3))
+        cluster, metrics, health = (sorted(ports)[i::3] for i in range(3))
         addresses = ";".join(f"127.0.0.1:{port}" for port in cluster)
         started = time.perf_counter()
         cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with ExitStack() as running:
             procs = []
             for i in range(processes):
-                own = {"PULSE_API_PORT": str(api[i]), "PULSE_HEALTH_PORT": str(health[i])}
+                own = {"PULSE_METRICS_PORT": str(metrics[i]), "PULSE_HEALTH_PORT": str(health[i])}
                 if processes > 1:
                     own |= {"PULSE_CLUSTER_ADDRESSES": addresses, "PULSE_PROCESS_ID": str(i)}
                 workdir = Path(tmp) / f"p{i}"

@@ -106,6 +106,11 @@ def readyz(port: int) -> str:
         return f"no answer ({exc})"
 
 
+def own(health_port: int, metrics_port: int) -> dict[str, str]:
+    """The ports one process listens on besides gRPC: each process has its own."""
+    return {"PULSE_HEALTH_PORT": str(health_port), "PULSE_METRICS_PORT": str(metrics_port)}
+
+
 def soak(
     args: argparse.Namespace, work: Path, bootstrap: str, dsn: str, stack: Callable[..., None]
 ) -> None:
@@ -118,18 +123,14 @@ def soak(
         "PULSE_KAFKA_BOOTSTRAP": bootstrap,
         "PULSE_PG_DSN": dsn,
         "PULSE_GRPC_PORT": str(grpc_port),
-        "PULSE_METRICS_PORT": str(free_port()),
-        "PULSE_API_PORT": str(free_port()),
         "PULSE_PRODUCE_TIMEOUT_SECONDS": "5",
         "PULSE_HEARTBEAT_INTERVAL_SECONDS": "1",
     }
     with (
         pulse_process(
-            "serve",
-            {**env, "PULSE_HEALTH_PORT": str(free_port()), "PULSE_HTTP_PORT": "0"},
-            work,
+            "serve", {**env, **own(free_port(), free_port()), "PULSE_HTTP_PORT": "0"}, work
         ),
-        pulse_process("flow", {**env, "PULSE_HEALTH_PORT": str(flow_health)}, work) as flow,
+        pulse_process("flow", {**env, **own(flow_health, free_port())}, work) as flow,
     ):
         sender = Sender(f"127.0.0.1:{grpc_port}", args.rate)
         time.sleep(5)  # the edge and the workers start

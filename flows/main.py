@@ -29,6 +29,7 @@ from pulse.settings import FlowSettings
 from runtime import otel
 from runtime.health import HealthServer, kafka_admin, kafka_check, postgres_check
 from runtime.logs import configure, log_config
+from runtime.metrics_http import MetricsServer
 from sinks.kafka_outputs import NotificationSink, SideOutputSink
 from sinks.timescale_writer import TimescaleSink
 
@@ -106,22 +107,36 @@ def flow_from_settings(s: FlowSettings, tracer: Tracer | None = None) -> Dataflo
     )
 
 
-def enable_api(s: FlowSettings) -> None:
-    """Bytewax serves /metrics (ours included) and /dataflow on the API port.
+def start_metrics(s: FlowSettings) -> MetricsServer | None:
+    """/metrics of our registry on PULSE_METRICS_HOST:PULSE_METRICS_PORT; None if disabled.
 
-    Bytewax binds it on all addresses from a thread whose failure leaves the dataflow
-    running without metrics; a port already taken stops the process here instead.
+    Served by the process itself, not by Bytewax's API, which binds every address.
     """
-    os.environ.setdefault("BYTEWAX_DATAFLOW_API_ENABLED", "1")
-    os.environ.setdefault("BYTEWAX_DATAFLOW_API_PORT", str(s.api_port))
-    port = int(os.environ["BYTEWAX_DATAFLOW_API_PORT"])
+    if not s.metrics_port:
+        return None
+    return MetricsServer(s.metrics_host, s.metrics_port)
+
+
+def enable_bytewax_api(s: FlowSettings) -> None:
+    """Bytewax's own API server on PULSE_BYTEWAX_API_PORT, if set: /dataflow, and /metrics
+    with Bytewax's step metrics (kept in Rust, outside our registry) beside ours.
+
+    Bytewax binds it on every address from a thread whose failure leaves the dataflow
+    running without it; a port already taken stops the process here instead.
+    """
+    port = s.bytewax_api_port
+    if not port:
+        return
+    os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "1"
+    os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(port)
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("0.0.0.0", port))  # noqa: S104 (where Bytewax binds it)
         except OSError as exc:
-            msg = f"PULSE_API_PORT {port} cannot be bound: {exc.strerror}"
+            msg = f"PULSE_BYTEWAX_API_PORT {port} cannot be bound: {exc.strerror}"
             raise ConfigError(msg) from None
+    log.info("Bytewax's API on port %d of every address (PULSE_BYTEWAX_API_PORT)", port)
 
 
 def recovery(s: FlowSettings) -> RecoveryConfig | None:
@@ -180,11 +195,15 @@ class Worker:
     flow: Dataflow
     tracing: otel.Tracing
     health_server: HealthServer | None
+    metrics_server: MetricsServer | None
 
     def close(self) -> None:
-        """Stop the health endpoints and export the last spans (bounded by a timeout)."""
+        """Stop the health and metrics endpoints and export the last spans (bounded by a
+        timeout)."""
         if self.health_server is not None:
             self.health_server.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.tracing.shutdown()
 
 
@@ -192,7 +211,8 @@ def start_worker(s: FlowSettings) -> Worker:
     """Everything a dataflow process does before its workers run, however it was started.
 
     Configures logging, logs the effective config and the start-up warnings, sets up
-    tracing, builds the flow, enables the Bytewax API and starts the health endpoints.
+    tracing, builds the flow, starts /metrics, enables Bytewax's API if asked, and starts
+    the health endpoints.
     SIGTERM (Kubernetes, podman stop) stops the workers as SIGINT does: without a
     handler, Python ignores it as a container's process 1.
     """
@@ -208,8 +228,9 @@ def start_worker(s: FlowSettings) -> Worker:
         )
     tracing = otel.setup(otel.FLOW_SERVICE)  # off unless an OTLP endpoint is set
     flow = flow_from_settings(s, tracing.tracer)
-    enable_api(s)
-    return Worker(flow, tracing, start_health(s, started))
+    metrics_server = start_metrics(s)
+    enable_bytewax_api(s)
+    return Worker(flow, tracing, start_health(s, started), metrics_server)
 
 
 def get_flow() -> Dataflow:

@@ -1,8 +1,9 @@
-"""Prometheus metrics of the dataflow, served by Bytewax's API beside its own.
+"""Prometheus metrics of the dataflow, in prometheus_client's default registry.
 
-Bytewax's API (`PULSE_API_PORT`) serves prometheus_client's default registry, so these
-appear on its /metrics next to Bytewax's own metrics and `bytewax_kafka_consumer_lag`
-(per partition, from librdkafka's statistics in `flows/kafka_source.py`). Labels are
+The process serves that registry itself (`runtime/metrics_http.py`, on
+`PULSE_METRICS_HOST:PULSE_METRICS_PORT`): these, and `bytewax_kafka_consumer_lag` (per
+partition, from librdkafka's statistics in `flows/kafka_source.py`). Bytewax's API, when
+`PULSE_BYTEWAX_API_PORT` enables it, serves them too, beside Bytewax's own. Labels are
 low-cardinality: Kafka partitions, tables, sinks, alert rules, configured dimension
 names; never campaign ids or dimension values.
 """

@@ -12,7 +12,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import Tracer
-from prometheus_client import start_http_server
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.admission import InFlight
@@ -23,6 +22,7 @@ from query.metrics import TimescaleMetricsReader
 from runtime import otel
 from runtime.health import Check, HealthServer, Probes, kafka_check, postgres_check
 from runtime.logs import configure, log_config
+from runtime.metrics_http import MetricsServer
 
 from .core import IngestCore
 from .gateway import Gateway, GatewayServer, bind
@@ -148,17 +148,43 @@ async def grpc_server(
     return server, health_servicer
 
 
+def _start_heartbeats(
+    settings: IngestSettings, producer: KafkaEventProducer
+) -> tuple[HeartbeatWriter, asyncio.Task[None]] | None:
+    """Heartbeat records into every partition, unless the interval is 0."""
+    if settings.heartbeat_interval_seconds <= 0:
+        return None
+    writer = HeartbeatWriter(
+        producer.raw_producer,
+        settings.topic_raw,
+        edge_source(settings.grpc_port),
+        settings.heartbeat_interval_seconds,
+    )
+    task = asyncio.create_task(writer.run(), name="heartbeats")
+    task.add_done_callback(_report_crash)
+    return writer, task
+
+
+def build_guard(settings: IngestSettings) -> tuple[Guard, TokenFile | None]:
+    """Tokens (read now: a bad file stops the edge), rate limits and admission bounds."""
+    tokens = TokenFile(settings.tokens_file) if settings.tokens_file else None
+    inflight = InFlight(settings.max_inflight_events, settings.max_inflight_bytes)
+    return Guard(tokens, inflight, settings.max_concurrent_calls), tokens
+
+
 async def serve(settings: IngestSettings) -> None:
     """Run the gRPC server and the HTTP gateway until SIGINT/SIGTERM, then drain and close."""
     started = time.monotonic()
+    # First: a taken port stops the process before it connects to anything.
+    metrics_server = None
+    if settings.metrics_port:
+        metrics_server = MetricsServer(settings.metrics_host, settings.metrics_port)
     tracing = otel.setup(otel.INGEST_SERVICE)  # off unless an OTLP endpoint is set
     producer = KafkaEventProducer(
         settings.kafka_bootstrap, settings.topic_raw, settings.produce_timeout_seconds
     )
     tls = TlsFiles.of(settings)  # read and checked now: a wrong file stops the edge here
-    tokens = TokenFile(settings.tokens_file) if settings.tokens_file else None
-    inflight = InFlight(settings.max_inflight_events, settings.max_inflight_bytes)
-    guard = Guard(tokens, inflight, settings.max_concurrent_calls)
+    guard, tokens = build_guard(settings)
     reader = TimescaleMetricsReader(settings.pg_dsn.get_secret_value())
     await reader.open()
     servicer = AnalyticsServicer(
@@ -173,8 +199,6 @@ async def serve(settings: IngestSettings) -> None:
     )
     server, health_servicer = await grpc_server(settings, servicer, tracing.tracer, tls)
     address = f"{settings.grpc_host}:{settings.grpc_port}"
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.grpc_host)
     check_kafka = kafka_check(producer.raw_producer, settings.topic_raw)
     probes, health_server, gateway = _http_listeners(
         settings, servicer.core, check_kafka, started, tls
@@ -186,20 +210,10 @@ async def serve(settings: IngestSettings) -> None:
     reloads = None
     if tokens is not None:
         reloads = asyncio.create_task(tokens.watch(settings.tokens_reload_seconds))
-    heartbeats = None
-    if settings.heartbeat_interval_seconds > 0:
-        heartbeats = HeartbeatWriter(
-            producer.raw_producer,
-            settings.topic_raw,
-            edge_source(settings.grpc_port),
-            settings.heartbeat_interval_seconds,
-        )
-        heartbeat_task = asyncio.create_task(heartbeats.run(), name="heartbeats")
-        heartbeat_task.add_done_callback(_report_crash)
+    heartbeats = _start_heartbeats(settings, producer)
     log.info(
-        "ingest edge listening on %s (metrics on :%s), producing to %s at %s",
+        "ingest edge listening on %s, producing to %s at %s",
         address,
-        settings.metrics_port,
         settings.topic_raw,
         settings.kafka_bootstrap,
     )
@@ -218,14 +232,17 @@ async def serve(settings: IngestSettings) -> None:
         server.stop(grace=10), gateway.stop() if gateway is not None else asyncio.sleep(0)
     )
     if heartbeats is not None:  # after the drain, before the producer's final flush
-        heartbeats.stop()
+        writer, task = heartbeats
+        writer.stop()
         with contextlib.suppress(Exception):  # a crash was logged when it happened
-            await heartbeat_task
+            await task
     await asyncio.to_thread(producer.close)
     await reader.close()
     if health_server is not None:
         health_server.close()
     probes.close()
+    if metrics_server is not None:
+        metrics_server.close()
     await asyncio.to_thread(tracing.shutdown)  # the last spans, bounded by a timeout
 
 

@@ -4,7 +4,8 @@ Only composition roots call `load()`; everything else takes plain constructor ar
 """
 
 import os
-from typing import Any, Literal, TypeVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -47,6 +48,9 @@ class CommonSettings(BaseSettings):
     )
     health_host: str = Field(
         "127.0.0.1", description="address the /healthz and /readyz HTTP server binds"
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="address the Prometheus /metrics HTTP server binds"
     )
     max_event_age_seconds: int = Field(
         7 * 86_400, ge=1, description="oldest event the edge accepts (and the flow corrects)"
@@ -91,7 +95,9 @@ class IngestSettings(CommonSettings):
 
     grpc_host: str = Field("127.0.0.1", description="address the gRPC server binds")
     grpc_port: int = Field(50051, ge=1, le=65_535, description="gRPC port")
-    metrics_port: int = Field(9464, ge=0, le=65_535, description="Prometheus port; 0 disables")
+    metrics_port: int = Field(
+        9464, ge=0, le=65_535, description="Prometheus /metrics port; 0 disables"
+    )
     max_batch_events: int = Field(
         10_000, ge=1, description="events per EventBatch message and per HTTP request"
     )
@@ -179,6 +185,11 @@ class IngestSettings(CommonSettings):
 class FlowSettings(CommonSettings):
     """The Bytewax aggregation dataflow."""
 
+    renamed: ClassVar[Mapping[str, str]] = {
+        "PULSE_API_PORT": "the dataflow serves /metrics itself on PULSE_METRICS_PORT (bound "
+        "to PULSE_METRICS_HOST); Bytewax's own API is PULSE_BYTEWAX_API_PORT",
+    }
+
     allowed_lateness_seconds: int = Field(
         10, ge=0, description="watermark = highest event time seen minus this"
     )
@@ -208,7 +219,17 @@ class FlowSettings(CommonSettings):
         "beginning", description="where the dataflow starts reading without recovery"
     )
     tail: bool = Field(True, description="keep waiting for new events at the end of the topic")
-    api_port: int = Field(3030, ge=1, le=65_535, description="Bytewax API and /metrics port")
+    metrics_port: int = Field(
+        3030, ge=0, le=65_535, description="Prometheus /metrics port; 0 disables"
+    )
+    bytewax_api_port: int = Field(
+        0,
+        ge=0,
+        le=65_535,
+        description="port of Bytewax's own API server (/dataflow, and /metrics with "
+        "Bytewax's step metrics beside ours); it binds every address, Bytewax has no bind "
+        "setting (0: off)",
+    )
     workers: int = Field(1, ge=1, le=64, description="worker threads in this process")
     cluster_addresses: str = Field(
         "",
@@ -370,7 +391,15 @@ def effective_config(settings: BaseSettings) -> dict[str, Any]:
 
 
 def load(settings_type: type[S]) -> S:
-    """Read settings from the environment, or raise ConfigError naming the bad variable."""
+    """Read settings from the environment, or raise ConfigError naming the bad variable.
+
+    A variable a settings class lists in its `renamed` map stops the process: set, it
+    would otherwise be ignored without a word.
+    """
+    renamed: Mapping[str, str] = getattr(settings_type, "renamed", {})
+    for old, instead in renamed.items():
+        if old in os.environ:
+            raise ConfigError(f"invalid configuration: {old} is no longer read: {instead}")
     try:
         return settings_type()
     except ValidationError as exc:

@@ -58,8 +58,9 @@ flow_failed() {  # the dataflow is gone: show why, and what to do about an old r
 (cd "$RUN_DIR" && exec "$BIN/pulse" serve) >"$LOGS/serve.log" 2>&1 &
 serve_pid=$!
 pids+=("$serve_pid")
+# Its own /metrics port: a PULSE_METRICS_PORT set for the edge must not reach it.
 (cd "$RUN_DIR" && PULSE_ALERT_RULES="$ALERT_RULES" PULSE_RECOVERY_DIR="$RECOVERY_DIR" \
-  exec "$BIN/pulse" flow) >"$LOGS/flow.log" 2>&1 &
+  PULSE_METRICS_PORT=3030 exec "$BIN/pulse" flow) >"$LOGS/flow.log" 2>&1 &
 flow_pid=$!
 pids+=("$flow_pid")
 "$BIN/pulse" health --wait 30 || { tail -n 20 "$LOGS/serve.log"; exit 1; }
@@ -167,7 +168,7 @@ cat <<MSG
   Notifications:
              .venv/bin/pulse notifications --from-beginning   (--json: one JSON object a line)$kcat_line
   Metrics:   http://127.0.0.1:${PULSE_METRICS_PORT:-9464}/metrics   (ingest edge)
-             http://127.0.0.1:${PULSE_API_PORT:-3030}/metrics   (dataflow)
+             http://127.0.0.1:3030/metrics   (dataflow)
   gRPC:      127.0.0.1:${PULSE_GRPC_PORT:-50051}   (analytics.v1.AnalyticsService, reflection on)
   Logs:      $LOGS/{serve,flow,load,spike}.log
   Recovery:  ${RECOVERY_DIR#"$ROOT"/} (the next run resumes from it; delete it to start afresh)

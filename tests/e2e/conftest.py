@@ -50,8 +50,6 @@ class Pipeline:
             "PULSE_HEARTBEAT_INTERVAL_SECONDS": "0.5",
             "PULSE_GRPC_PORT": str(grpc_port),
             "PULSE_HTTP_PORT": str(self.http_port),
-            "PULSE_METRICS_PORT": str(free_port()),
-            "PULSE_API_PORT": str(free_port()),
             "PULSE_KAFKA_BATCH_SIZE": "500",
             "PULSE_ROLLUP_REFRESH_INTERVAL_SECONDS": "1",
             **(extra_env or {}),
@@ -61,6 +59,8 @@ class Pipeline:
         self.health_ports = {name: free_port() for name in ("serve", "flow")}
         if "PULSE_HEALTH_PORT" in (extra_env or {}):
             self.health_ports = {}
+        # Likewise /metrics: the edge's and the dataflow's, both on PULSE_METRICS_PORT.
+        self.metrics_ports = {name: free_port() for name in ("serve", "flow")}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.starts = 0
 
@@ -70,6 +70,7 @@ class Pipeline:
             env = dict(self.env)
             if name in self.health_ports:
                 env["PULSE_HEALTH_PORT"] = str(self.health_ports[name])
+            env["PULSE_METRICS_PORT"] = str(self.metrics_ports[name])
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "cli", name],
                 env=env,

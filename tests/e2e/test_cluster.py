@@ -117,13 +117,13 @@ class Cluster:
         ports: set[int] = set()
         while len(ports) < 3 * processes:  # none bound yet: each must differ from the rest
             ports.add(free_port())
-        cluster, api, health = (sorted(ports)[i::3] for i in range(3))
+        cluster, metrics, health = (sorted(ports)[i::3] for i in range(3))
         addresses = ";".join(f"127.0.0.1:{p}" for p in cluster)
         for i in range(processes):
             env = {
                 **self.env,
                 "PULSE_RECOVERY_DIR": str(self.workdir / f"recovery-{i}"),
-                "PULSE_API_PORT": str(api[i]),
+                "PULSE_METRICS_PORT": str(metrics[i]),
                 "PULSE_HEALTH_PORT": str(health[i]),
             }
             if processes > 1:

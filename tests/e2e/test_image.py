@@ -263,9 +263,9 @@ def test_the_image_runs_migrate_the_edge_and_the_dataflow(
         },
     )
     ports = {
-        name: free_port() for name in ("grpc", "metrics", "serve_health", "flow_health", "http")
+        name: free_port()
+        for name in ("grpc", "metrics", "serve_health", "flow_metrics", "flow_health", "http")
     }
-    ports["api"] = free_port()
     recovery = tmp_path / "recovery"
     recovery.mkdir()
     try:
@@ -294,7 +294,7 @@ def test_the_image_runs_migrate_the_edge_and_the_dataflow(
             names.container("flow"),
             "flow",
             {
-                "PULSE_API_PORT": str(ports["api"]),
+                "PULSE_METRICS_PORT": str(ports["flow_metrics"]),
                 "PULSE_HEALTH_PORT": str(ports["flow_health"]),
                 "PULSE_SNAPSHOT_INTERVAL_SECONDS": "1",
                 "PULSE_IDLE_TIMEOUT_SECONDS": "3600",
@@ -308,6 +308,7 @@ def test_the_image_runs_migrate_the_edge_and_the_dataflow(
         wait_serving(containers, names.container("serve"), target)
         # The image's settings bind every address, not the defaults' 127.0.0.1.
         assert binds_every_address(ports["grpc"])
+        assert binds_every_address(ports["metrics"])
         assert binds_every_address(ports["serve_health"])
 
         campaigns = [f"{names.prefix}-{i}" for i in range(3)]
@@ -331,6 +332,7 @@ def test_the_image_runs_migrate_the_edge_and_the_dataflow(
             got = table(empty_database, campaigns)
         assert got == expected
         assert binds_every_address(ports["flow_health"])
+        assert binds_every_address(ports["flow_metrics"])
         assert sorted(p.name for p in recovery.glob("part-*.sqlite3")) == ["part-0.sqlite3"]
 
         # Both stop cleanly on the image's stop signal, well before podman's SIGKILL.

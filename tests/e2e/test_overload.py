@@ -111,7 +111,7 @@ async def send(call: Any, message: bytes) -> tuple[grpc.StatusCode, int, int]:
 
 def scrape(edge: Pipeline) -> dict[str, float]:
     """The edge's per-call status counters."""
-    url = f"http://127.0.0.1:{edge.env['PULSE_METRICS_PORT']}/metrics"
+    url = f"http://127.0.0.1:{edge.metrics_ports['serve']}/metrics"
     with urllib.request.urlopen(url, timeout=5) as reply:
         lines = reply.read().decode().splitlines()
     return {

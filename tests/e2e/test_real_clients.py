@@ -96,7 +96,7 @@ def event(campaign: str, ts: int, event_id: str, rng: random.Random) -> pb.RawEv
 
 def flow_metric(pipeline: Pipeline, name: str) -> float:
     """A counter of the dataflow's /metrics, summed over its labels (0 if absent)."""
-    url = f"http://127.0.0.1:{pipeline.env['PULSE_API_PORT']}/metrics"
+    url = f"http://127.0.0.1:{pipeline.metrics_ports['flow']}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=5) as reply:
             text = reply.read().decode()

@@ -268,7 +268,7 @@ def test_a_new_token_works_without_a_restart_and_a_removed_one_stops(secured: Se
 
 
 def scrape(pipeline: Pipeline) -> str:
-    url = f"http://127.0.0.1:{pipeline.env['PULSE_METRICS_PORT']}/metrics"
+    url = f"http://127.0.0.1:{pipeline.metrics_ports['serve']}/metrics"
     with urllib.request.urlopen(url, timeout=5) as reply:
         return str(reply.read().decode())
 

@@ -33,7 +33,7 @@ def run_flow(stack: Stack, dsn: str, topics: Topics, extra: dict[str, str]) -> t
         "PULSE_TOPIC_SHED": topics.shed,
         "PULSE_TOPIC_NOTIFICATIONS": topics.notifications,
         "PULSE_TAIL": "false",
-        "PULSE_API_PORT": str(free_port()),
+        "PULSE_METRICS_PORT": str(free_port()),
         "PULSE_HEALTH_PORT": "0",
         **extra,
     }

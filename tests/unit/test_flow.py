@@ -434,19 +434,21 @@ def test_the_clock_paces_progress_rows_and_never_changes_results() -> None:
 def test_get_flow_starts_the_process_as_pulse_flow_does() -> None:
     """`python -m bytewax.run "flows.main:get_flow()"` needs nothing but the environment,
     and goes through the same builder as `pulse flow`: logging in the configured format,
-    the config line, the start-up warnings, the health endpoints."""
+    the config line, the start-up warnings, the health and metrics endpoints."""
     import json
     import subprocess
     import sys
 
     from tests.ports import free_port
 
-    health_port = free_port()
+    health_port, metrics_port = free_port(), free_port()
     script = (
         "import urllib.request\n"
         "from flows.main import get_flow\n"
         "print(get_flow().flow_id)\n"
         f"print(urllib.request.urlopen('http://127.0.0.1:{health_port}/healthz').status)\n"
+        f"metrics = urllib.request.urlopen('http://127.0.0.1:{metrics_port}/metrics')\n"
+        "print('pulse_flow_events_processed_total 0.0' in metrics.read().decode().split('\\n'))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script],
@@ -457,7 +459,7 @@ def test_get_flow_starts_the_process_as_pulse_flow_does() -> None:
             "PULSE_LOG_FORMAT": "json",
             "PULSE_STARTING_OFFSET": "end",
             "PULSE_HEALTH_PORT": str(health_port),
-            "PULSE_API_PORT": str(free_port()),
+            "PULSE_METRICS_PORT": str(metrics_port),
         },
         capture_output=True,
         text=True,
@@ -465,7 +467,7 @@ def test_get_flow_starts_the_process_as_pulse_flow_does() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["pulse_aggregate", "200"]
+    assert result.stdout.split() == ["pulse_aggregate", "200", "True"]
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     startup = [line for line in lines if line["logger"] == "pulse.flow"]
     assert startup[0]["message"].startswith("config: {")
@@ -473,16 +475,61 @@ def test_get_flow_starts_the_process_as_pulse_flow_does() -> None:
     assert startup[1]["level"] == "WARNING"
     assert "PULSE_STARTING_OFFSET=end" in startup[1]["message"]
     assert any(line["message"].startswith("health endpoints on") for line in lines)
+    metrics_line = f"metrics on http://127.0.0.1:{metrics_port}/metrics"
+    assert any(line["message"] == metrics_line for line in lines)
     assert "hunter2" not in result.stderr
 
 
-def test_a_taken_api_port_stops_the_dataflow_with_its_name(
+def test_a_taken_metrics_port_stops_the_dataflow_with_its_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Bytewax would lose the port in a thread and run on without /metrics."""
     import socket
 
-    from flows.main import enable_api
+    from flows.main import start_metrics
+    from pulse.errors import ConfigError
+    from pulse.settings import FlowSettings
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("PULSE_METRICS_PORT", str(port))
+        monkeypatch.delenv("PULSE_METRICS_HOST", raising=False)
+        message = f"PULSE_METRICS_PORT {port} cannot be bound on 127.0.0.1: Address already in use"
+        with pytest.raises(ConfigError, match=f"^{message}$"):
+            start_metrics(FlowSettings())
+
+
+def test_bytewax_api_is_off_unless_its_port_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytewax's API binds every address: it runs only when asked for."""
+    import os
+
+    from flows.main import enable_bytewax_api
+    from pulse.settings import FlowSettings
+
+    for var in ("BYTEWAX_DATAFLOW_API_ENABLED", "BYTEWAX_DATAFLOW_API_PORT"):
+        monkeypatch.setenv(var, "")  # recorded, so that teardown removes it again
+        monkeypatch.delenv(var)
+    monkeypatch.delenv("PULSE_BYTEWAX_API_PORT", raising=False)
+    enable_bytewax_api(FlowSettings())
+    assert "BYTEWAX_DATAFLOW_API_ENABLED" not in os.environ
+    assert "BYTEWAX_DATAFLOW_API_PORT" not in os.environ
+
+    from tests.ports import free_port
+
+    port = free_port()
+    enable_bytewax_api(FlowSettings(bytewax_api_port=port))
+    assert os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] == "1"
+    assert os.environ["BYTEWAX_DATAFLOW_API_PORT"] == str(port)
+
+
+def test_a_taken_bytewax_api_port_stops_the_dataflow_with_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bytewax would lose the port in a thread and run on without its API."""
+    import socket
+
+    from flows.main import enable_bytewax_api
     from pulse.errors import ConfigError
     from pulse.settings import FlowSettings
 
@@ -491,7 +538,7 @@ def test_a_taken_api_port_stops_the_dataflow_with_its_name(
         taken.listen()
         port = taken.getsockname()[1]
         # Set here so that the test leaves the environment as it found it.
-        monkeypatch.setenv("BYTEWAX_DATAFLOW_API_ENABLED", "1")
-        monkeypatch.setenv("BYTEWAX_DATAFLOW_API_PORT", str(port))
-        with pytest.raises(ConfigError, match=f"PULSE_API_PORT {port} cannot be bound"):
-            enable_api(FlowSettings())
+        monkeypatch.setenv("BYTEWAX_DATAFLOW_API_ENABLED", "0")
+        monkeypatch.setenv("BYTEWAX_DATAFLOW_API_PORT", "0")
+        with pytest.raises(ConfigError, match=f"PULSE_BYTEWAX_API_PORT {port} cannot be bound"):
+            enable_bytewax_api(FlowSettings(bytewax_api_port=port))

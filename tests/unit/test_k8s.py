@@ -320,7 +320,7 @@ def test_container_ports_are_the_settings_ports(
             "health": "health_port",
             "http": "http_port",
         },
-        "flow": {"api": "api_port", "health": "health_port"},
+        "flow": {"metrics": "metrics_port", "health": "health_port"},
     }
     for command, ports in expected.items():
         workload = _one(rendered, command)
@@ -359,13 +359,38 @@ def test_probes_ask_the_health_server(
             )
 
 
+def test_every_listening_port_binds_the_pod_ip(
+    renders: dict[str, Rendered], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings bind loopback by default; a pod is reached on its IP (probes, scrapes,
+    Services), so every port a process listens on gets its host setting at 0.0.0.0."""
+    for rendered, workload in _all_workloads(renders):
+        if workload.kind == "Job":
+            continue
+        settings = _settings(monkeypatch, rendered, workload)
+        fields = type(settings).model_fields
+        listening = [n for n in fields if n.endswith("_port") and getattr(settings, n)]
+        assert listening, f"{workload.where}: no listening port"
+        for port in listening:
+            host = port.removesuffix("_port") + "_host"
+            assert host in fields, (
+                f"{workload.where}: PULSE_{port.upper()} is set, but its server binds every "
+                f"address (no PULSE_{host.upper()}): leave it 0 (off)"
+            )
+            value = getattr(settings, host)
+            assert value == "0.0.0.0", (
+                f"{workload.where}: PULSE_{host.upper()}={value}: a server bound there is not "
+                f"reachable on the pod IP at PULSE_{port.upper()}={getattr(settings, port)}"
+            )
+
+
 def test_scrape_annotations_name_the_metrics_port(
     rendered: Rendered, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     edge, flow = _one(rendered, "serve"), _one(rendered, "flow")
     ports = [
         (edge, _settings(monkeypatch, rendered, edge).metrics_port),
-        (flow, _settings(monkeypatch, rendered, flow).api_port),
+        (flow, _settings(monkeypatch, rendered, flow).metrics_port),
     ]
     for workload, port in ports:
         notes = workload.annotations

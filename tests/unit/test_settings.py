@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from pulse.errors import ConfigError
-from pulse.settings import FlowSettings, IngestSettings, load
+from pulse.settings import CommonSettings, FlowSettings, IngestSettings, load
 
 
 def test_defaults_are_valid_and_the_dsn_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,3 +93,54 @@ def test_a_bad_cluster_is_refused_with_the_reason(
         monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=message):
         load(FlowSettings)
+
+
+def _settings_classes() -> list[type[CommonSettings]]:
+    """CommonSettings and every class derived from it, however deep."""
+    found: list[type[CommonSettings]] = [CommonSettings]
+    for cls in found:
+        found.extend(sub for sub in cls.__subclasses__() if sub not in found)
+    return found
+
+
+# Ports whose server takes no address: Bytewax's API binds every address (it has no
+# setting for it), so it is off by default and its description says so.
+BINDS_EVERY_ADDRESS = {"bytewax_api_port"}
+
+
+def test_every_port_setting_has_a_host_setting_defaulting_to_loopback() -> None:
+    """A listening port added later cannot forget its bind address."""
+    classes = _settings_classes()
+    assert {IngestSettings, FlowSettings} <= set(classes)
+    ports = 0
+    for cls in classes:
+        fields = cls.model_fields
+        for name, field in fields.items():
+            if not name.endswith("_port"):
+                continue
+            ports += 1
+            if name in BINDS_EVERY_ADDRESS:
+                assert field.default == 0, f"{cls.__name__}.{name}: must be off by default"
+                assert "every address" in (field.description or "")
+                continue
+            host = name.removesuffix("_port") + "_host"
+            assert host in fields, f"{cls.__name__}.{name} has no {host} setting"
+            assert fields[host].default == "127.0.0.1", (
+                f"{cls.__name__}.{host} defaults to {fields[host].default!r}, not 127.0.0.1"
+            )
+    assert ports >= 5  # grpc, metrics and health of the edge; metrics and health of the flow
+
+
+def test_the_old_api_port_variable_stops_the_dataflow_with_what_replaced_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PULSE_API_PORT", "3031")
+    monkeypatch.delenv("PULSE_METRICS_PORT", raising=False)
+    with pytest.raises(ConfigError) as raised:
+        load(FlowSettings)
+    assert str(raised.value) == (
+        "invalid configuration: PULSE_API_PORT is no longer read: the dataflow serves "
+        "/metrics itself on PULSE_METRICS_PORT (bound to PULSE_METRICS_HOST); Bytewax's own "
+        "API is PULSE_BYTEWAX_API_PORT"
+    )
+    assert load(IngestSettings).metrics_port == 9464  # the edge never read it
