@@ -34,6 +34,7 @@ def _migrate(_args: argparse.Namespace) -> None:
         s.kafka_bootstrap,
         [s.topic_raw, s.topic_late, s.topic_dlq, s.topic_notifications, s.topic_shed],
         s.topic_partitions,
+        security=s.kafka_security(),
     )
     print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
     print(f"topics created: {', '.join(created) or 'none (all exist)'}")
@@ -67,7 +68,10 @@ def _notifications(args: argparse.Namespace) -> None:
     render = format_json if args.json else format_line
     try:
         with NotificationTail(
-            s.kafka_bootstrap, s.topic_notifications, from_beginning=args.from_beginning
+            s.kafka_bootstrap,
+            s.topic_notifications,
+            from_beginning=args.from_beginning,
+            security=s.kafka_security(),
         ) as tail:
             for event in tail.events(max_events=args.max, seconds=args.timeout):
                 print(render(event), flush=True)

@@ -78,7 +78,10 @@ async def serve(settings: IngestSettings) -> None:
     started = time.monotonic()
     tracing = otel.setup(otel.INGEST_SERVICE)  # off unless an OTLP endpoint is set
     producer = KafkaEventProducer(
-        settings.kafka_bootstrap, settings.topic_raw, settings.produce_timeout_seconds
+        settings.kafka_bootstrap,
+        settings.topic_raw,
+        settings.produce_timeout_seconds,
+        security=settings.kafka_security(),
     )
     reader = TimescaleMetricsReader(settings.pg_dsn.get_secret_value())
     await reader.open()
