@@ -23,12 +23,14 @@ def _flow(_args: argparse.Namespace) -> None:
 
 
 def _migrate(_args: argparse.Namespace) -> None:
+    from runtime.kafka_access import check_access
     from runtime.topics import ensure_topics
     from sinks.schema import migrate
 
     s = settings_mod.load(settings_mod.CommonSettings)
     configure(s.log_level, s.log_format)
     log_config(logging.getLogger("pulse.migrate"), s)
+    check_access(s.kafka_bootstrap, s.kafka_security())
     applied = migrate(s.pg_dsn.get_secret_value())
     created = ensure_topics(
         s.kafka_bootstrap,
@@ -62,9 +64,11 @@ def _notifications(args: argparse.Namespace) -> None:
     import os
 
     from query.notifications import NotificationTail, format_json, format_line
+    from runtime.kafka_access import check_access
 
     s = settings_mod.load(settings_mod.CommonSettings)
     configure(s.log_level, s.log_format)
+    check_access(s.kafka_bootstrap, s.kafka_security())
     render = format_json if args.json else format_line
     try:
         with NotificationTail(

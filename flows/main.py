@@ -28,6 +28,7 @@ from pulse.errors import ConfigError, PulseError
 from pulse.settings import FlowSettings
 from runtime import otel
 from runtime.health import HealthServer, kafka_admin, kafka_check, postgres_check
+from runtime.kafka_access import check_access
 from runtime.logs import configure, log_config
 from sinks.kafka_outputs import NotificationSink, SideOutputSink
 from sinks.timescale_writer import TimescaleSink
@@ -208,6 +209,7 @@ def start_worker(s: FlowSettings) -> Worker:
             "PULSE_STARTING_OFFSET=end: without a recovery store, events produced while the "
             "dataflow is down are never counted"
         )
+    check_access(s.kafka_bootstrap, s.kafka_security())  # a refused login stops it here
     tracing = otel.setup(otel.FLOW_SERVICE)  # off unless an OTLP endpoint is set
     flow = flow_from_settings(s, tracing.tracer)
     enable_api(s)

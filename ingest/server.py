@@ -19,6 +19,7 @@ from pulse.timeutil import now_ms
 from query.metrics import TimescaleMetricsReader
 from runtime import otel
 from runtime.health import HealthServer, kafka_check, postgres_check
+from runtime.kafka_access import check_access
 from runtime.logs import configure, log_config
 
 from .heartbeat import HeartbeatWriter, edge_source
@@ -76,12 +77,14 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 async def serve(settings: IngestSettings) -> None:
     """Run the gRPC server until SIGINT/SIGTERM, then drain and close."""
     started = time.monotonic()
+    security = settings.kafka_security()
+    await asyncio.to_thread(check_access, settings.kafka_bootstrap, security)
     tracing = otel.setup(otel.INGEST_SERVICE)  # off unless an OTLP endpoint is set
     producer = KafkaEventProducer(
         settings.kafka_bootstrap,
         settings.topic_raw,
         settings.produce_timeout_seconds,
-        security=settings.kafka_security(),
+        security=security,
     )
     reader = TimescaleMetricsReader(settings.pg_dsn.get_secret_value())
     await reader.open()

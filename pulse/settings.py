@@ -457,7 +457,7 @@ def redact_dsn(dsn: str) -> str:
         if query:
             pairs = parse_qsl(query, keep_blank_values=True)
             masked = [(k, REDACTED if k.lower() == "password" else v) for k, v in pairs]
-            query = urlencode(masked, safe="*")
+            query = urlencode(masked, safe="*/")
         return parts._replace(netloc=netloc, query=query).geturl()
     except ValueError:
         return REDACTED  # unparsable: show nothing of it
