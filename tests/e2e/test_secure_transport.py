@@ -109,8 +109,10 @@ def pem_files(directory: Path, name: str, cert: trustme.LeafCert) -> tuple[Path,
     return chain, key
 
 
-@pytest.fixture
-def secure(tmp_path: Path) -> Iterator[Secure]:
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
+    """One secure stack for the module's tests (starting it is most of their time)."""
+    tmp_path = tmp_path_factory.mktemp("secure")
     workdir = tmp_path / "tls"
     workdir.mkdir()
     ca = trustme.CA()
