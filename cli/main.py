@@ -23,17 +23,20 @@ def _flow(_args: argparse.Namespace) -> None:
 
 
 def _migrate(_args: argparse.Namespace) -> None:
+    from runtime.kafka_access import check_access
     from runtime.topics import ensure_topics
     from sinks.schema import migrate
 
     s = settings_mod.load(settings_mod.CommonSettings)
     configure(s.log_level, s.log_format)
     log_config(logging.getLogger("pulse.migrate"), s)
+    check_access(s.kafka_bootstrap, s.kafka_security())
     applied = migrate(s.pg_dsn.get_secret_value())
     created = ensure_topics(
         s.kafka_bootstrap,
         [s.topic_raw, s.topic_late, s.topic_dlq, s.topic_notifications, s.topic_shed],
         s.topic_partitions,
+        security=s.kafka_security(),
     )
     print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
     print(f"topics created: {', '.join(created) or 'none (all exist)'}")
@@ -61,13 +64,18 @@ def _notifications(args: argparse.Namespace) -> None:
     import os
 
     from query.notifications import NotificationTail, format_json, format_line
+    from runtime.kafka_access import check_access
 
     s = settings_mod.load(settings_mod.CommonSettings)
     configure(s.log_level, s.log_format)
+    check_access(s.kafka_bootstrap, s.kafka_security())
     render = format_json if args.json else format_line
     try:
         with NotificationTail(
-            s.kafka_bootstrap, s.topic_notifications, from_beginning=args.from_beginning
+            s.kafka_bootstrap,
+            s.topic_notifications,
+            from_beginning=args.from_beginning,
+            security=s.kafka_security(),
         ) as tail:
             for event in tail.events(max_events=args.max, seconds=args.timeout):
                 print(render(event), flush=True)

@@ -28,6 +28,7 @@ from pulse.errors import ConfigError, PulseError
 from pulse.settings import FlowSettings
 from runtime import otel
 from runtime.health import HealthServer, kafka_admin, kafka_check, postgres_check
+from runtime.kafka_access import check_access
 from runtime.logs import configure, log_config
 from runtime.metrics_http import MetricsServer
 from sinks.kafka_outputs import NotificationSink, SideOutputSink
@@ -50,11 +51,13 @@ def flow_from_settings(s: FlowSettings, tracer: Tracer | None = None) -> Dataflo
     map_large_arrays()  # freed id-memory arrays leave the resident set
     collect_less()  # the state is millions of small containers the collector traverses
     brokers = s.kafka_bootstrap.split(",")
+    security = s.kafka_security()
     source = MessageKafkaSource(
         brokers,
         [s.topic_raw],
         tail=s.tail,
         starting_offset=OFFSET_BEGINNING if s.starting_offset == "beginning" else OFFSET_END,
+        add_config=security or None,
         batch_size=s.kafka_batch_size,
     )
     config = FlowConfig(
@@ -90,11 +93,11 @@ def flow_from_settings(s: FlowSettings, tracer: Tracer | None = None) -> Dataflo
         ),
         "timescale",
     )
-    side = MeteredSink(
-        SideOutputSink(s.kafka_bootstrap, [s.topic_late, s.topic_dlq, s.topic_shed]), "side"
-    )
+    side_topics = [s.topic_late, s.topic_dlq, s.topic_shed]
+    side = MeteredSink(SideOutputSink(s.kafka_bootstrap, side_topics, security=security), "side")
     notifications = MeteredSink(
-        NotificationSink(s.kafka_bootstrap, s.topic_notifications), "notifications"
+        NotificationSink(s.kafka_bootstrap, s.topic_notifications, security=security),
+        "notifications",
     )
     return build_flow(
         "pulse_aggregate",
@@ -172,7 +175,7 @@ def start_health(s: FlowSettings, started: float) -> HealthServer | None:
     if not s.health_port:
         return None
     checks = {
-        "kafka": kafka_check(kafka_admin(s.kafka_bootstrap), s.topic_raw),
+        "kafka": kafka_check(kafka_admin(s.kafka_bootstrap, s.kafka_security()), s.topic_raw),
         "postgres": postgres_check(s.pg_dsn.get_secret_value()),
     }
     return HealthServer(s.health_host, s.health_port, checks, started=started).start()
@@ -226,6 +229,7 @@ def start_worker(s: FlowSettings) -> Worker:
             "PULSE_STARTING_OFFSET=end: without a recovery store, events produced while the "
             "dataflow is down are never counted"
         )
+    check_access(s.kafka_bootstrap, s.kafka_security())  # a refused login stops it here
     tracing = otel.setup(otel.FLOW_SERVICE)  # off unless an OTLP endpoint is set
     flow = flow_from_settings(s, tracing.tracer)
     metrics_server = start_metrics(s)

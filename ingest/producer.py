@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -117,9 +117,19 @@ class KafkaDelivery:
 
 
 class KafkaEventProducer:
-    """Produces records to one topic; a background thread serves delivery reports."""
+    """Produces records to one topic; a background thread serves delivery reports.
 
-    def __init__(self, bootstrap: str, topic: str, timeout_s: float) -> None:
+    `security`: the librdkafka properties of `CommonSettings.kafka_security`.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        timeout_s: float,
+        *,
+        security: Mapping[str, str] | None = None,
+    ) -> None:
         self.topic = topic
         self.timeout_s = timeout_s
         self.raw_producer = Producer(
@@ -132,6 +142,7 @@ class KafkaEventProducer:
                 "queue.buffering.max.messages": 500_000,
                 "message.timeout.ms": int(timeout_s * 1000),
                 "logger": logging.getLogger("librdkafka"),
+                **(security or {}),
             }
         )
         self._stop = threading.Event()

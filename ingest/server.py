@@ -21,6 +21,7 @@ from pulse.timeutil import now_ms
 from query.metrics import TimescaleMetricsReader
 from runtime import otel
 from runtime.health import Check, HealthServer, Probes, kafka_check, postgres_check
+from runtime.kafka_access import check_access
 from runtime.logs import configure, log_config
 from runtime.metrics_http import MetricsServer
 
@@ -179,9 +180,14 @@ async def serve(settings: IngestSettings) -> None:
     metrics_server = None
     if settings.metrics_port:
         metrics_server = MetricsServer(settings.metrics_host, settings.metrics_port)
+    security = settings.kafka_security()
+    await asyncio.to_thread(check_access, settings.kafka_bootstrap, security)
     tracing = otel.setup(otel.INGEST_SERVICE)  # off unless an OTLP endpoint is set
     producer = KafkaEventProducer(
-        settings.kafka_bootstrap, settings.topic_raw, settings.produce_timeout_seconds
+        settings.kafka_bootstrap,
+        settings.topic_raw,
+        settings.produce_timeout_seconds,
+        security=security,
     )
     tls = TlsFiles.of(settings)  # read and checked now: a wrong file stops the edge here
     guard, tokens = build_guard(settings)

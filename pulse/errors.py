@@ -42,3 +42,8 @@ class SinkRefusedError(SinkError):
 
 class QueryError(PulseError):
     """A metrics query has invalid arguments (range, resolution, ids)."""
+
+
+class KafkaAccessError(ConfigError):
+    """Kafka refused this process: its SASL credentials, or the broker's TLS certificate
+    does not verify against the configured CA. Retrying cannot help."""

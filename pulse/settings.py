@@ -5,11 +5,17 @@ Only composition roots call `load()`; everything else takes plain constructor ar
 
 import os
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, TypeVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from pulse import dimensions
 from pulse.errors import ConfigError
@@ -18,7 +24,55 @@ from pulse.windows import DAY_MS
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 REDACTED = "**********"  # how SecretStr shows a secret
+FILE_SUFFIX = "_FILE"  # PULSE_X_FILE: the path of a file holding secret PULSE_X
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return field.annotation is SecretStr or SecretStr in get_args(field.annotation)
+
+
+def _read_secret(var: str, path: str) -> str:
+    """The content of a secret file, one trailing newline stripped (as `echo` and
+    `kubectl create secret --from-file` leave it); ConfigError naming the variable and the
+    path, never the content, when it cannot be read."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        msg = f"invalid configuration: {var}: cannot read {path}: {exc.strerror or exc}"
+        raise ConfigError(msg) from None
+    except UnicodeDecodeError:
+        msg = f"invalid configuration: {var}: {path} is not UTF-8 text"
+        raise ConfigError(msg) from None
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """Secrets from files: for every `SecretStr` setting `PULSE_X`, `PULSE_X_FILE` names
+    a file holding its value (as Kubernetes mounts Secrets). Setting both is an error, so
+    which one counts is never a question."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads every field at once
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = str(self.settings_cls.model_config.get("env_prefix", "")).upper()
+        env = {name.upper(): value for name, value in os.environ.items()}
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            if not _is_secret(field):
+                continue
+            var = f"{prefix}{name.upper()}"
+            path = env.get(f"{var}{FILE_SUFFIX}", "")
+            if not path:
+                continue
+            if var in env:
+                msg = f"invalid configuration: set {var} or {var}{FILE_SUFFIX}, not both"
+                raise ConfigError(msg)
+            values[name] = _read_secret(f"{var}{FILE_SUFFIX}", path)
+        return values
 
 
 class CommonSettings(BaseSettings):
@@ -28,6 +82,31 @@ class CommonSettings(BaseSettings):
 
     kafka_bootstrap: str = Field(
         "127.0.0.1:39092", description="Kafka bootstrap servers, comma-separated host:port"
+    )
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        "PLAINTEXT",
+        description="how every Kafka client connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    )
+    kafka_sasl_mechanism: KafkaSaslMechanism = Field(
+        "SCRAM-SHA-512", description="SASL mechanism of the SASL_* protocols"
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name (SASL_* protocols)")
+    kafka_sasl_password: SecretStr = Field(
+        SecretStr(""), description="SASL password (SASL_* protocols; secret: never logged)"
+    )
+    kafka_ssl_ca_location: str = Field(
+        "",
+        description="PEM file of the CAs that sign the brokers' certificates (SSL, "
+        "SASL_SSL); empty: the system's CAs",
+    )
+    kafka_ssl_certificate_location: str = Field(
+        "", description="PEM client certificate for mutual TLS (with the key); empty: none"
+    )
+    kafka_ssl_key_location: str = Field(
+        "", description="PEM private key of the client certificate; empty: none"
+    )
+    kafka_ssl_key_password: SecretStr = Field(
+        SecretStr(""), description="password of an encrypted client key (secret)"
     )
     pg_dsn: SecretStr = Field(
         SecretStr("postgresql://pulse:pulse@127.0.0.1:35432/pulse"),
@@ -72,6 +151,85 @@ class CommonSettings(BaseSettings):
                 msg = f"expected host:port[,host:port...], got {value!r}"
                 raise ValueError(msg)
         return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = SecretFiles(settings_cls)
+        return init_settings, env_settings, files, dotenv_settings, file_secret_settings
+
+    @field_validator(
+        "kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location"
+    )
+    @classmethod
+    def _check_file(cls, value: str) -> str:
+        if value and not Path(value).is_file():
+            raise ValueError(f"{value} is not a file")
+        if value and not os.access(value, os.R_OK):
+            raise ValueError(f"{value} cannot be read")
+        return value
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> "CommonSettings":
+        protocol = self.kafka_security_protocol
+        sasl, ssl = protocol.startswith("SASL_"), protocol.endswith("SSL")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()):
+            msg = (
+                f"PULSE_KAFKA_SECURITY_PROTOCOL={protocol} needs PULSE_KAFKA_SASL_USERNAME "
+                "and PULSE_KAFKA_SASL_PASSWORD (or PULSE_KAFKA_SASL_PASSWORD_FILE)"
+            )
+            raise ValueError(msg)
+        unused = [
+            name
+            for name, used in (
+                ("sasl_username", sasl),
+                ("sasl_password", sasl),
+                ("ssl_ca_location", ssl),
+                ("ssl_certificate_location", ssl),
+                ("ssl_key_location", ssl),
+                ("ssl_key_password", ssl),
+            )
+            if not used and _is_set(getattr(self, f"kafka_{name}"))
+        ]
+        if unused:
+            msg = (
+                f"PULSE_KAFKA_{unused[0].upper()} is set, but "
+                f"PULSE_KAFKA_SECURITY_PROTOCOL={protocol} does not use it"
+            )
+            raise ValueError(msg)
+        if bool(self.kafka_ssl_certificate_location) != bool(self.kafka_ssl_key_location):
+            msg = (
+                "PULSE_KAFKA_SSL_CERTIFICATE_LOCATION and PULSE_KAFKA_SSL_KEY_LOCATION "
+                "go together (mutual TLS): set both or neither"
+            )
+            raise ValueError(msg)
+        return self
+
+    def kafka_security(self) -> dict[str, str]:
+        """The librdkafka properties every Kafka client of this process adds to its own
+        (empty for PLAINTEXT). They hold the SASL password: never log them."""
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return {}
+        props = {"security.protocol": protocol.lower()}
+        if protocol.startswith("SASL_"):
+            props["sasl.mechanism"] = self.kafka_sasl_mechanism
+            props["sasl.username"] = self.kafka_sasl_username
+            props["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        optional = {
+            "ssl.ca.location": self.kafka_ssl_ca_location,
+            "ssl.certificate.location": self.kafka_ssl_certificate_location,
+            "ssl.key.location": self.kafka_ssl_key_location,
+            "ssl.key.password": self.kafka_ssl_key_password.get_secret_value(),
+        }
+        props.update((key, value) for key, value in optional.items() if value)
+        return props
 
     @field_validator("pg_dsn")
     @classmethod
@@ -346,6 +504,10 @@ class FlowSettings(CommonSettings):
         return self
 
 
+def _is_set(value: str | SecretStr) -> bool:
+    return bool(value.get_secret_value() if isinstance(value, SecretStr) else value)
+
+
 def _ordinal(pod_name: str) -> int:
     """The ordinal a StatefulSet gives its pods: `pulse-flow-2` -> 2."""
     _, _, tail = pod_name.rpartition("-")
@@ -371,7 +533,7 @@ def redact_dsn(dsn: str) -> str:
         if query:
             pairs = parse_qsl(query, keep_blank_values=True)
             masked = [(k, REDACTED if k.lower() == "password" else v) for k, v in pairs]
-            query = urlencode(masked, safe="*")
+            query = urlencode(masked, safe="*/")
         return parts._replace(netloc=netloc, query=query).geturl()
     except ValueError:
         return REDACTED  # unparsable: show nothing of it
@@ -385,7 +547,7 @@ def effective_config(settings: BaseSettings) -> dict[str, Any]:
         if isinstance(value, SecretStr):
             secret = value.get_secret_value()
             is_dsn = secret.startswith(("postgresql://", "postgres://"))
-            value = redact_dsn(secret) if is_dsn else REDACTED
+            value = redact_dsn(secret) if is_dsn else REDACTED if secret else ""
         config[name] = value
     return config
 

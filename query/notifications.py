@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from types import TracebackType
 from typing import Self
@@ -36,7 +36,8 @@ class NotificationTail:
     them: from the high watermarks of that moment (so every notification published
     afterwards is read), or with `from_beginning` from the oldest offsets kept.
     Partitions added to the topic later are not followed. KafkaAdminError when the
-    topic does not exist or Kafka does not answer within `timeout_s`.
+    topic does not exist or Kafka does not answer within `timeout_s`. `security`: the
+    librdkafka properties of `CommonSettings.kafka_security`.
     """
 
     def __init__(
@@ -46,8 +47,10 @@ class NotificationTail:
         *,
         from_beginning: bool = False,
         timeout_s: float = 30.0,
+        security: Mapping[str, str] | None = None,
     ) -> None:
         self._bootstrap = bootstrap
+        self._security = dict(security or {})
         self._topic = topic
         self._from_beginning = from_beginning
         self._timeout_s = timeout_s
@@ -64,6 +67,7 @@ class NotificationTail:
                 "allow.auto.create.topics": False,
                 "auto.offset.reset": "earliest",  # a start offset deleted by retention meanwhile
                 "logger": logging.getLogger("librdkafka"),
+                **self._security,
             }
         )
         try:

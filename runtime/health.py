@@ -63,11 +63,13 @@ def kafka_check(client: _MetadataClient, topic: str, timeout_s: float = CHECK_TI
     return check
 
 
-def kafka_admin(bootstrap: str) -> AdminClient:
-    """A long-lived admin client for `kafka_check` in processes without a producer."""
+def kafka_admin(bootstrap: str, security: Mapping[str, str] | None = None) -> AdminClient:
+    """A long-lived admin client for `kafka_check` in processes without a producer
+    (`security`: the librdkafka properties of `CommonSettings.kafka_security`)."""
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "logger": logging.getLogger("librdkafka"),
+        **(security or {}),
     }
     return AdminClient(config)
 

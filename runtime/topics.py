@@ -7,7 +7,7 @@ wrote: the last record of each partition, or a whole (small) topic.
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -23,10 +23,18 @@ LAST_RECORD_LOOKBACKS = (1, 16, 256, 1024)
 
 
 def ensure_topics(
-    bootstrap: str, topics: list[str], partitions: int, timeout_s: float = 30
+    bootstrap: str,
+    topics: list[str],
+    partitions: int,
+    timeout_s: float = 30,
+    *,
+    security: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Create missing topics; return the names created. Existing topics are left as they are."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    """Create missing topics; return the names created. Existing topics are left as they are.
+
+    `security` (here and below): the librdkafka properties of `CommonSettings.kafka_security`.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(security or {})})
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
@@ -50,9 +58,15 @@ def ensure_topics(
     return created
 
 
-def partition_counts(bootstrap: str, topics: list[str], timeout_s: float = 30) -> dict[str, int]:
+def partition_counts(
+    bootstrap: str,
+    topics: list[str],
+    timeout_s: float = 30,
+    *,
+    security: Mapping[str, str] | None = None,
+) -> dict[str, int]:
     """Number of partitions of each topic; KafkaAdminError if one does not exist."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(security or {})})
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
@@ -86,7 +100,7 @@ class StoredRecord:
         return None
 
 
-def _consumer(bootstrap: str) -> Consumer:
+def _consumer(bootstrap: str, security: Mapping[str, str] | None) -> Consumer:
     return Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -97,6 +111,7 @@ def _consumer(bootstrap: str) -> Consumer:
             "allow.auto.create.topics": False,
             "auto.offset.reset": "earliest",  # a start offset deleted by retention meanwhile
             "logger": logging.getLogger("librdkafka"),
+            **(security or {}),
         }
     )
 
@@ -228,7 +243,11 @@ def _scan(
 
 
 def read_last_records(
-    bootstrap: str, topic: str, timeout_s: float = 30
+    bootstrap: str,
+    topic: str,
+    timeout_s: float = 30,
+    *,
+    security: Mapping[str, str] | None = None,
 ) -> dict[int, StoredRecord | None]:
     """The last data record of every partition of `topic` (None for an empty partition).
 
@@ -237,7 +256,7 @@ def read_last_records(
     gives None, with a warning, past the last step. KafkaAdminError when the topic does
     not exist or Kafka does not answer within `timeout_s`.
     """
-    consumer = _consumer(bootstrap)
+    consumer = _consumer(bootstrap, security)
     try:
         marks = watermarks(consumer, topic, timeout_s)
         last: dict[int, StoredRecord | None] = dict.fromkeys(marks)
@@ -262,14 +281,20 @@ def read_last_records(
     return last
 
 
-def read_records(bootstrap: str, topic: str, timeout_s: float = 30) -> Iterator[StoredRecord]:
+def read_records(
+    bootstrap: str,
+    topic: str,
+    timeout_s: float = 30,
+    *,
+    security: Mapping[str, str] | None = None,
+) -> Iterator[StoredRecord]:
     """Every record of `topic`, up to the high watermarks seen when reading starts.
 
     Records come in offset order within a partition; partitions are interleaved. Records
     written after the start are not read. KafkaAdminError when the topic does not exist
     or reading makes no progress for `timeout_s`.
     """
-    consumer = _consumer(bootstrap)
+    consumer = _consumer(bootstrap, security)
     try:
         marks = watermarks(consumer, topic, timeout_s)
         yield from _scan(consumer, topic, marks, timeout_s)

@@ -14,6 +14,9 @@
 # Env: PULSE_KAFKA_PORT (39092), PULSE_KAFKA_CONTROLLER_PORT (39093),
 #      PULSE_PG_PORT (35432), PULSE_CACHE_DIR (~/.cache/pulse),
 #      PULSE_STACK_DATA_DIR (.data: another one runs a second stack beside the first).
+#      TLS, for tests (unset: none): PULSE_KAFKA_SASL_SSL_PORT with PULSE_KAFKA_TLS_CERT
+#      and PULSE_KAFKA_TLS_KEY (lib/kafka.sh); PULSE_PG_TLS_CERT and PULSE_PG_TLS_KEY
+#      (lib/postgres.sh).
 set -euo pipefail
 
 STACK_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"

@@ -6,12 +6,15 @@ sink, when it starts, reads back what an earlier run already wrote and skips it.
 Producers are idempotent (`acks=all`) and never time a record out: a partition always
 holds a prefix of what was produced to it, with no gaps, which is what makes "skip what
 is already there" exact.
+
+Every Kafka client here adds `security`, the librdkafka properties of
+`CommonSettings.kafka_security` (TLS, SASL), to its own configuration.
 """
 
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -98,7 +101,9 @@ class _Writer:
     (the dataflow holds back meanwhile, logging every `warn_every_s`); raises
     KafkaDeliveryError when Kafka refuses a record."""
 
-    def __init__(self, bootstrap: str, warn_every_s: float) -> None:
+    def __init__(
+        self, bootstrap: str, warn_every_s: float, security: Mapping[str, str] | None
+    ) -> None:
         self._warn_every_s = warn_every_s
         self._producer = Producer(
             {
@@ -111,6 +116,7 @@ class _Writer:
                 # was produced to it.
                 "message.timeout.ms": 0,
                 "logger": logging.getLogger("librdkafka"),
+                **(security or {}),
             }
         )
 
@@ -202,7 +208,11 @@ def side_headers(record: SideRecord) -> list[tuple[str, bytes]]:
 
 
 def side_marks(
-    bootstrap: str, topics: Iterable[str], timeout_s: float = 30
+    bootstrap: str,
+    topics: Iterable[str],
+    timeout_s: float = 30,
+    *,
+    security: Mapping[str, str] | None = None,
 ) -> dict[SourceKey, int]:
     """Highest source offset already written, per (side topic, source topic, partition).
 
@@ -211,7 +221,8 @@ def side_marks(
     """
     marks: dict[SourceKey, int] = {}
     for topic in topics:
-        for partition, record in read_last_records(bootstrap, topic, timeout_s).items():
+        last = read_last_records(bootstrap, topic, timeout_s, security=security)
+        for partition, record in last.items():
             if record is None:
                 continue
             position = source_position(record)
@@ -239,13 +250,15 @@ class _SidePartition(StatelessSinkPartition[SideRecord]):
         *,
         timeout_s: float,
         warn_every_s: float,
+        security: Mapping[str, str] | None,
     ) -> None:
         self._bootstrap = bootstrap
+        self._security = security
         self._counts = counts
         self._marks = marks
         self._on_written = on_written
         self._timeout_s = timeout_s
-        self._writer = _Writer(bootstrap, warn_every_s)
+        self._writer = _Writer(bootstrap, warn_every_s, security)
 
     def _check_partition(self, record: SideRecord) -> None:
         count = self._counts.get(record.topic)
@@ -255,7 +268,10 @@ class _SidePartition(StatelessSinkPartition[SideRecord]):
         if 0 <= record.source_partition < count:
             return
         # Partitions may have been added since the sink started: look once more.
-        count = partition_counts(self._bootstrap, [record.topic], self._timeout_s)[record.topic]
+        counts = partition_counts(
+            self._bootstrap, [record.topic], self._timeout_s, security=self._security
+        )
+        count = counts[record.topic]
         self._counts[record.topic] = count
         if not 0 <= record.source_partition < count:
             msg = (
@@ -324,16 +340,19 @@ class SideOutputSink(DynamicSink[SideRecord]):
         *,
         timeout_s: float = 30.0,
         warn_every_s: float = 30.0,
+        security: Mapping[str, str] | None = None,
     ) -> None:
         self._bootstrap = bootstrap
+        self._security = security
         self._topics = list(topics)
         self._on_written = on_written or (lambda _n: None)
         self._timeout_s = timeout_s
         self._warn_every_s = warn_every_s
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SidePartition:
-        counts = partition_counts(self._bootstrap, self._topics, self._timeout_s)
-        marks = side_marks(self._bootstrap, self._topics, self._timeout_s)
+        security = self._security
+        counts = partition_counts(self._bootstrap, self._topics, self._timeout_s, security=security)
+        marks = side_marks(self._bootstrap, self._topics, self._timeout_s, security=security)
         if marks:
             log.info("side outputs resume after source offsets %s", marks)
         return _SidePartition(
@@ -343,6 +362,7 @@ class SideOutputSink(DynamicSink[SideRecord]):
             self._on_written,
             timeout_s=self._timeout_s,
             warn_every_s=self._warn_every_s,
+            security=security,
         )
 
 
@@ -411,11 +431,15 @@ def _published_pair(record: StoredRecord) -> tuple[str, AlertState] | None:
 
 
 def published_alerts(
-    bootstrap: str, topic: str, timeout_s: float = 30
+    bootstrap: str,
+    topic: str,
+    timeout_s: float = 30,
+    *,
+    security: Mapping[str, str] | None = None,
 ) -> set[tuple[str, AlertState]]:
     """The (alert_id, state) pairs already in `topic`, read up to its current end."""
     pairs = set()
-    for record in read_records(bootstrap, topic, timeout_s):
+    for record in read_records(bootstrap, topic, timeout_s, security=security):
         pair = _published_pair(record)
         if pair is None:
             log.warning("%s[%d]@%d is not a notification", topic, record.partition, record.offset)
@@ -432,11 +456,13 @@ class _NotificationPartition(StatelessSinkPartition[AlertEvent]):
         published: set[tuple[str, AlertState]],
         on_written: Callable[[int], None],
         warn_every_s: float,
+        *,
+        security: Mapping[str, str] | None,
     ) -> None:
         self._topic = topic
         self._published = published
         self._on_written = on_written
-        self._writer = _Writer(bootstrap, warn_every_s)
+        self._writer = _Writer(bootstrap, warn_every_s, security)
 
     def write_batch(self, items: list[AlertEvent]) -> None:
         out = []
@@ -493,16 +519,25 @@ class NotificationSink(DynamicSink[AlertEvent]):
         *,
         timeout_s: float = 30.0,
         warn_every_s: float = 30.0,
+        security: Mapping[str, str] | None = None,
     ) -> None:
         self._bootstrap = bootstrap
+        self._security = security
         self._topic = topic
         self._on_written = on_written or (lambda _n: None)
         self._timeout_s = timeout_s
         self._warn_every_s = warn_every_s
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _NotificationPartition:
-        published = published_alerts(self._bootstrap, self._topic, self._timeout_s)
+        published = published_alerts(
+            self._bootstrap, self._topic, self._timeout_s, security=self._security
+        )
         log.info("%d alert transitions already published to %s", len(published), self._topic)
         return _NotificationPartition(
-            self._bootstrap, self._topic, published, self._on_written, self._warn_every_s
+            self._bootstrap,
+            self._topic,
+            published,
+            self._on_written,
+            self._warn_every_s,
+            security=self._security,
         )

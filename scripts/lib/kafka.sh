@@ -1,6 +1,14 @@
 # shellcheck shell=bash
 # Single-node Apache Kafka (KRaft, combined broker+controller) for the local
 # stack. Sourced by scripts/stack.sh after common.sh and install.sh.
+#
+# Optional second listener, for tests of Kafka over TLS with SASL: with
+# PULSE_KAFKA_SASL_SSL_PORT set, the broker also listens on 127.0.0.1:<that port>
+# with SASL_SSL (SCRAM-SHA-512 only), presenting PULSE_KAFKA_TLS_CERT (PEM chain,
+# leaf first) and PULSE_KAFKA_TLS_KEY (PEM private key, unencrypted; converted to
+# PKCS#8 with openssl when it is not). The PLAINTEXT listener stays as it is: the
+# broker talks to itself over it, and SCRAM users are created over it with the Kafka
+# admin API (AlterUserScramCredentials), so no password passes through this script.
 
 KAFKA_DIR="$DATA_DIR/kafka"
 KAFKA_LOG_DIRS="$KAFKA_DIR/data"
@@ -11,6 +19,9 @@ KAFKA_SERVER_LOG="$LOG_DIR/kafka-server.log"
 KAFKA_HEAP="${PULSE_KAFKA_HEAP:-512m}"
 KAFKA_START_TIMEOUT="${PULSE_KAFKA_START_TIMEOUT:-120}"
 KAFKA_STOP_TIMEOUT="${PULSE_KAFKA_STOP_TIMEOUT:-60}"
+KAFKA_SASL_SSL_PORT="${PULSE_KAFKA_SASL_SSL_PORT:-}"
+KAFKA_TLS_CERT="${PULSE_KAFKA_TLS_CERT:-}"
+KAFKA_TLS_KEY="${PULSE_KAFKA_TLS_KEY:-}"
 
 kafka_java() {
   local j="${PULSE_JAVA:-}"
@@ -51,10 +62,59 @@ kafka_answers() {
   timeout 15 kcat -b "127.0.0.1:$port" -L -m 5 2>/dev/null | grep -qE '^ +broker [0-9]+ at '
 }
 
+# A PEM file as one properties value: its lines joined by the \n escape.
+kafka_pem_value() {
+  local text; text="$(<"$1")"
+  printf '%s' "${text//$'\n'/\\n}"
+}
+
+# The broker's private key as unencrypted PKCS#8 PEM, which Kafka's PEM key store reads.
+kafka_pkcs8_key() {
+  if grep -q -- '-----BEGIN PRIVATE KEY-----' "$KAFKA_TLS_KEY"; then
+    cat "$KAFKA_TLS_KEY"
+  elif grep -q -- '-----BEGIN ENCRYPTED PRIVATE KEY-----' "$KAFKA_TLS_KEY"; then
+    die "kafka: PULSE_KAFKA_TLS_KEY $KAFKA_TLS_KEY is encrypted; give an unencrypted key"
+  else
+    command -v openssl >/dev/null || die "kafka: PULSE_KAFKA_TLS_KEY is not PKCS#8 and openssl is missing to convert it"
+    openssl pkcs8 -topk8 -nocrypt -in "$KAFKA_TLS_KEY" \
+      || die "kafka: cannot read the private key PULSE_KAFKA_TLS_KEY $KAFKA_TLS_KEY"
+  fi
+}
+
+# Sets SASL_SSL_LISTENER, SASL_SSL_PROTOCOL and SASL_SSL_CONFIG for the template:
+# empty without PULSE_KAFKA_SASL_SSL_PORT.
+kafka_sasl_ssl_parts() {
+  SASL_SSL_LISTENER="" SASL_SSL_PROTOCOL="" SASL_SSL_CONFIG=""
+  [[ -n "$KAFKA_SASL_SSL_PORT" ]] || return 0
+  check_port_var PULSE_KAFKA_SASL_SSL_PORT "$KAFKA_SASL_SSL_PORT"
+  local var
+  for var in PULSE_KAFKA_TLS_CERT PULSE_KAFKA_TLS_KEY; do
+    [[ -n "${!var:-}" && -r "${!var}" ]] \
+      || die "kafka: PULSE_KAFKA_SASL_SSL_PORT needs $var, a readable PEM file (got '${!var:-}')"
+  done
+  port_open "$KAFKA_SASL_SSL_PORT" && die "kafka: SASL_SSL port $KAFKA_SASL_SSL_PORT is in use"
+  local key; key="$(kafka_pkcs8_key)"
+  key="${key//$'\n'/\\n}"
+  SASL_SSL_LISTENER=",SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT"
+  SASL_SSL_PROTOCOL=",SASL_SSL:SASL_SSL"
+  SASL_SSL_CONFIG="# SASL_SSL listener (PULSE_KAFKA_SASL_SSL_PORT): SCRAM-SHA-512 over TLS.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.certificate.chain=$(kafka_pem_value "$KAFKA_TLS_CERT")
+listener.name.sasl_ssl.ssl.keystore.key=$key"
+}
+
 kafka_render_config() {
   mkdir -p "$KAFKA_DIR" "$KAFKA_LOG_DIRS"
-  render_template "$INFRA_DIR/kafka/server.properties.in" "$KAFKA_CONF" \
-    "PORT=$KAFKA_PORT" "CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT" "LOG_DIRS=$KAFKA_LOG_DIRS" || true
+  kafka_sasl_ssl_parts
+  # The config may hold the listener's private key: readable by this user only.
+  ( umask 077
+    render_template "$INFRA_DIR/kafka/server.properties.in" "$KAFKA_CONF" \
+      "PORT=$KAFKA_PORT" "CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT" "LOG_DIRS=$KAFKA_LOG_DIRS" \
+      "SASL_SSL_LISTENER=$SASL_SSL_LISTENER" "SASL_SSL_PROTOCOL=$SASL_SSL_PROTOCOL" \
+      "SASL_SSL_CONFIG=$SASL_SSL_CONFIG" || true )
 }
 
 kafka_format_if_needed() {
@@ -113,7 +173,7 @@ kafka_start() {
   kafka_render_config
   kafka_format_if_needed
   local java; java="$(kafka_java)"
-  log "kafka: starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT), logs in $LOG_DIR"
+  log "kafka: starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT${KAFKA_SASL_SSL_PORT:+, SASL_SSL $KAFKA_SASL_SSL_PORT}), logs in $LOG_DIR"
   printf '\n==== %s starting broker ====\n' "$(date -Is)" >>"$KAFKA_OUT"
   # setsid: the broker outlives this script and its process group (CI kills
   # those). The subshell drops every fd above 2 (locks, inherited pipes); the

@@ -6,6 +6,11 @@
 # `postgres` OS user. Its data dir is .data/pg when that user can reach the
 # checkout; otherwise (e.g. a CI clone under a 0700 mktemp dir) it lives in
 # /var/tmp/pulse-<hash of the data dir path>/pg and .data/pg is a symlink to it.
+#
+# TLS, for tests of `sslmode=verify-full`: with PULSE_PG_TLS_CERT (PEM chain, leaf
+# first) and PULSE_PG_TLS_KEY (its unencrypted PEM key) set, the server runs with
+# `ssl = on`, presenting copies of them kept in the data dir, and accepts TCP
+# clients over TLS only (`hostssl`). Unset, nothing changes.
 
 PG_LINK="$DATA_DIR/pg"
 PG_EXT_HOME="/var/tmp/pulse-$(printf '%s' "$DATA_DIR" | sha256sum | cut -c1-12)"
@@ -15,6 +20,8 @@ PG_ROLE=pulse
 PG_PASSWORD=pulse
 PG_START_TIMEOUT="${PULSE_PG_START_TIMEOUT:-90}"
 PG_DSN="postgresql://$PG_ROLE:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
+PG_TLS_CERT="${PULSE_PG_TLS_CERT:-}"
+PG_TLS_KEY="${PULSE_PG_TLS_KEY:-}"
 
 if (( IS_ROOT )); then PG_OS_USER=postgres; else PG_OS_USER="$(id -un)"; fi
 
@@ -93,13 +100,42 @@ pg_init_if_needed() {
     >>"$PG_DATA/postgresql.conf"
 }
 
+# With PULSE_PG_TLS_CERT and PULSE_PG_TLS_KEY: copies them into the data dir as
+# server.crt and server.key (the server's user only) and prints the TLS settings.
+# Returns 0 if a file changed.
+pg_tls_files() {
+  local changed=1 src dest pair
+  [[ -n "$PG_TLS_CERT$PG_TLS_KEY" ]] || return 1
+  [[ -n "$PG_TLS_CERT" && -n "$PG_TLS_KEY" ]] \
+    || die "postgres: TLS needs both PULSE_PG_TLS_CERT and PULSE_PG_TLS_KEY"
+  for src in "$PG_TLS_CERT" "$PG_TLS_KEY"; do
+    [[ -r "$src" ]] || die "postgres: TLS file $src cannot be read"
+  done
+  for pair in "$PG_TLS_CERT:server.crt" "$PG_TLS_KEY:server.key"; do
+    src="${pair%:*}" dest="$PG_DATA/${pair##*:}"
+    cmp -s "$src" "$dest" && continue
+    install -m 0600 "$src" "$dest"; changed=0
+    if (( IS_ROOT )); then chown "$PG_OS_USER:" "$dest"; fi
+  done
+  return "$changed"
+}
+
 # Renders pulse.conf and pg_hba.conf into the data dir; returns 0 if changed.
 pg_render_config() {
-  local changed=1
+  local changed=1 tls="" hba
+  if [[ -n "$PG_TLS_CERT$PG_TLS_KEY" ]]; then
+    pg_tls_files && changed=0
+    tls="ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_min_protocol_version = 'TLSv1.2'"
+  fi
   render_template "$INFRA_DIR/postgres/pulse.conf.in" "$PG_DATA/pulse.conf" \
-    "PORT=$PG_PORT" "SOCKET_DIR=$PG_SOCKDIR" && changed=0
-  if ! cmp -s "$INFRA_DIR/postgres/pg_hba.conf" "$PG_DATA/pg_hba.conf"; then
-    cp "$INFRA_DIR/postgres/pg_hba.conf" "$PG_DATA/pg_hba.conf"; changed=0
+    "PORT=$PG_PORT" "SOCKET_DIR=$PG_SOCKDIR" "TLS=$tls" && changed=0
+  hba="$(<"$INFRA_DIR/postgres/pg_hba.conf")"
+  [[ -z "$tls" ]] || hba="$(sed 's/^host /hostssl /' <<<"$hba")"
+  if [[ ! -f "$PG_DATA/pg_hba.conf" || "$(<"$PG_DATA/pg_hba.conf")" != "$hba" ]]; then
+    printf '%s\n' "$hba" >"$PG_DATA/pg_hba.conf"; changed=0
   fi
   if (( IS_ROOT )); then chown "$PG_OS_USER:" "$PG_DATA/pulse.conf" "$PG_DATA/pg_hba.conf"; fi
   chmod 0600 "$PG_DATA/pulse.conf" "$PG_DATA/pg_hba.conf"
@@ -204,7 +240,7 @@ pg_up() {
   else
     pg_prepare_dirs
     pg_init_if_needed
-    log "postgres: starting PostgreSQL $PG_MAJOR on 127.0.0.1:$PG_PORT (data $PG_DATA)"
+    log "postgres: starting PostgreSQL $PG_MAJOR on 127.0.0.1:$PG_PORT (data $PG_DATA${PG_TLS_CERT:+, TLS only})"
     pg_render_config || true
     pg_clear_stale_socket_lock
     printf '\n==== %s starting server ====\n' "$(date -Is)" >>"$PG_LOG"

@@ -12,15 +12,16 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from pulse import health
 from pulse.alerts.rules import parse_rules
-from pulse.settings import CommonSettings, FlowSettings, IngestSettings, load
+from pulse.settings import FILE_SUFFIX, CommonSettings, FlowSettings, IngestSettings, load
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -131,8 +132,15 @@ def _one(rendered: Rendered, command: str) -> Workload:
 
 
 def _env_names(settings_type: type[BaseSettings]) -> set[str]:
+    """Every variable the settings read: one per field, and PULSE_X_FILE per secret."""
     prefix = str(settings_type.model_config.get("env_prefix", ""))
-    return {f"{prefix}{field}".upper() for field in settings_type.model_fields}
+    names = {f"{prefix}{field}".upper() for field in settings_type.model_fields}
+    secrets = {
+        f"{prefix}{field}{FILE_SUFFIX}".upper()
+        for field, info in settings_type.model_fields.items()
+        if SecretStr in (info.annotation, *get_args(info.annotation))
+    }
+    return names | secrets
 
 
 def _resolve_env(rendered: Rendered, workload: Workload, pod_name: str) -> dict[str, str]:
