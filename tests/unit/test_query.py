@@ -35,6 +35,8 @@ def test_hour_and_day_queries_widen_to_whole_buckets() -> None:
         (("c", "", 0, 1, 9), "unknown resolution 9"),
         (("c", "", 300_000_000_000_000, 300_000_000_000_001, 1), "must lie within"),
         (("c", "", -5, 1, 1), "must lie within"),
+        (("c\x00", "", 0, 1, 1), "control characters"),
+        (("c", "click\n", 0, 1, 1), "control characters"),
     ],
 )
 def test_bad_queries_are_refused(args: tuple[str, str, int, int, int], message: str) -> None:
@@ -66,6 +68,7 @@ def test_a_dimension_set_is_normalized_and_its_filter_kept_sorted() -> None:
         ("a,b,c,d,e", {}, "limit 4"),
         ("x" * 500, {}, "too long"),
         ("country", {"country": "x" * 257}, "too long"),
+        ("country", {"country": "DE\x00"}, "control characters"),
     ],
 )
 def test_bad_dimension_queries_are_refused(
