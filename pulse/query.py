@@ -111,6 +111,8 @@ class MetricsQuery:
         if step:  # widen to whole hours or days, so every returned point is complete
             start_ms = bucket_start(start_ms, step)
             end_ms = ceil_to_bucket(end_ms, step)
+        # The end of the year 9999 is no datetime; every bucket starts before its last ms.
+        end_ms = min(end_ms, MAX_TIMESTAMP_MS)
         dimension_set, wanted = _slices(group_by, dimensions or {})
         return cls(campaign_id, event_type or None, start_ms, end_ms, res, dimension_set, wanted)
 

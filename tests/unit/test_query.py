@@ -1,7 +1,9 @@
 import pytest
 
 from pulse.errors import QueryError
-from pulse.query import MetricPointRow, MetricsQuery, QueryResolution
+from pulse.limits import MAX_TIMESTAMP_MS
+from pulse.query import MAX_TIME_MS, MetricPointRow, MetricsQuery, QueryResolution
+from pulse.timeutil import ms_to_datetime
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -42,6 +44,13 @@ def test_hour_and_day_queries_widen_to_whole_buckets() -> None:
 def test_bad_queries_are_refused(args: tuple[str, str, int, int, int], message: str) -> None:
     with pytest.raises(QueryError, match=message):
         MetricsQuery.parse(*args)
+
+
+@pytest.mark.parametrize("resolution", [1, 2, 3])
+def test_a_query_up_to_the_end_of_9999_ends_at_a_datetime(resolution: int) -> None:
+    q = MetricsQuery.parse("c", "", MAX_TIME_MS - DAY - 1, MAX_TIME_MS, resolution)
+    assert q.end_ms == MAX_TIMESTAMP_MS
+    assert ms_to_datetime(q.end_ms).year == 9999
 
 
 def test_a_point_without_details_has_no_values_no_users_and_is_open() -> None:
