@@ -46,10 +46,11 @@ from typing import NamedTuple, Protocol
 
 import grpc
 import httpx
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.analytics.v1 import analytics_pb2 as pb
-from tests.kafka import Record, consume_all, delete_topics
+from tests.kafka import delete_topics
 from tests.ports import free_port
 
 from .fuzz_messages import (
@@ -304,16 +305,45 @@ async def still_serving(target: str, fuzzer: MessageFuzzer, report: Report, even
     return ""
 
 
-def check_log(records: Sequence[Record], report: Report, marker_campaign: str) -> list[str]:
+def read_to_end(bootstrap: str, topic: str, partitions: int) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every record of the topic up to its end as of now, however many
+    (`tests.kafka.consume_all` stops after a bounded number of polls)."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False}
+    )
+    ends = {
+        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+        for p in range(partitions)
+    }
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions) if ends[p]])
+    out: list[tuple[bytes, bytes]] = []
+    todo = {p for p, end in ends.items() if end}
+    while todo:
+        for msg in consumer.consume(10_000, timeout=1):
+            error = msg.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaException(error)
+                continue
+            out.append((msg.key() or b"", msg.value() or b""))
+            if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
+                todo.discard(msg.partition() or 0)
+    consumer.close()
+    return out
+
+
+def check_log(
+    records: Sequence[tuple[bytes, bytes]], report: Report, marker_campaign: str
+) -> list[str]:
     """Problems with the events topic against the report: every acknowledged marker
     exactly once and byte for byte, no other marker more than once or unsent, and (when
     every ingest call's count is known) as many events as the edge accepted."""
     problems = []
     marker_key = marker_campaign.encode()
-    events = [r for r in records if r[2]]  # heartbeats have empty keys
+    events = [r for r in records if r[0]]  # heartbeats have empty keys
     seen: Counter[str] = Counter()
-    for _p, _offset, _key, value, _headers in (r for r in events if r[2] == marker_key):
-        event = pb.RawEvent.FromString(value or b"")
+    for _key, value in (r for r in events if r[0] == marker_key):
+        event = pb.RawEvent.FromString(value)
         seen[event.event_id] += 1
         sent = report.acknowledged.get(event.event_id) or report.unconfirmed.get(event.event_id)
         if sent != value:
@@ -408,10 +438,10 @@ def main() -> None:
                 wait_serving(target, proc)
                 report, problem = _run(args, target, proc.pid, plan)
                 problems += [problem] if problem else []
-            records = consume_all(bootstrap, topics["raw"], PARTITIONS)
+            records = read_to_end(bootstrap, topics["raw"], PARTITIONS)
             problems += check_log(records, report, plan.marker_campaign)
             print(
-                f"Kafka: {sum(1 for r in records if r[2]):,} events; "
+                f"Kafka: {sum(1 for r in records if r[0]):,} events; "
                 f"{len(report.acknowledged):,} acknowledged markers checked"
             )
         finally:

@@ -13,11 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.fuzz_edge import ALLOWED_GRPC, check_log, fuzz_grpc, rss_kb, still_serving
+from benchmarks.fuzz_edge import (
+    ALLOWED_GRPC,
+    check_log,
+    fuzz_grpc,
+    read_to_end,
+    rss_kb,
+    still_serving,
+)
 from benchmarks.fuzz_messages import INGEST_EVENT_BATCHES, INGEST_EVENTS, QUERY_METRICS, Plan
 from tests.conftest import Stack, Topics
 from tests.e2e.conftest import Pipeline
-from tests.kafka import consume_all
 
 MESSAGES = 100_000
 SEED = 20_240_611
@@ -67,5 +73,5 @@ def test_fuzzed_messages_get_clear_answers_and_no_valid_event_is_lost(
     assert after == ""
     assert report.unknown_calls == 0
     assert len(report.acknowledged) > 10_000
-    records = consume_all(stack.kafka_bootstrap, topics.raw, 3)
+    records = read_to_end(stack.kafka_bootstrap, topics.raw, 3)
     assert check_log(records, report, plan.marker_campaign) == []
