@@ -59,6 +59,8 @@ def _slices(group_by: str, dimensions: Mapping[str, str]) -> tuple[str | None, D
             raise QueryError(f"dimensions filter on {name!r}, which group_by does not name")
         if len(value) > MAX_DIMENSION_VALUE_CHARS:
             raise QueryError(f"dimensions filter value of {name!r} is too long")
+        if not value.isprintable():  # stored as __other__; PostgreSQL refuses NUL
+            raise QueryError(f"dimensions filter value of {name!r} has control characters")
     return ",".join(names), tuple(sorted(dimensions.items()))
 
 
@@ -91,6 +93,9 @@ class MetricsQuery:
             raise QueryError(f"campaign_id must have 1..{MAX_ID_CHARS} characters")
         if len(event_type) > MAX_EVENT_TYPE_CHARS:
             raise QueryError(f"event_type must have at most {MAX_EVENT_TYPE_CHARS} characters")
+        if not (campaign_id.isprintable() and event_type.isprintable()):
+            # Never stored (events with them are rejected); PostgreSQL refuses NUL.
+            raise QueryError("campaign_id and event_type must not hold control characters")
         if not (start_ms >= MIN_TIME_MS and end_ms <= MAX_TIME_MS):
             raise QueryError(f"start_ms and end_ms must lie within {MIN_TIME_MS}..{MAX_TIME_MS}")
         if end_ms <= start_ms:
@@ -106,6 +111,8 @@ class MetricsQuery:
         if step:  # widen to whole hours or days, so every returned point is complete
             start_ms = bucket_start(start_ms, step)
             end_ms = ceil_to_bucket(end_ms, step)
+        # The end of the year 9999 is no datetime; every bucket starts before its last ms.
+        end_ms = min(end_ms, MAX_TIMESTAMP_MS)
         dimension_set, wanted = _slices(group_by, dimensions or {})
         return cls(campaign_id, event_type or None, start_ms, end_ms, res, dimension_set, wanted)
 

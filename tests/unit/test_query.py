@@ -1,7 +1,9 @@
 import pytest
 
 from pulse.errors import QueryError
-from pulse.query import MetricPointRow, MetricsQuery, QueryResolution
+from pulse.limits import MAX_TIMESTAMP_MS
+from pulse.query import MAX_TIME_MS, MetricPointRow, MetricsQuery, QueryResolution
+from pulse.timeutil import ms_to_datetime
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -35,11 +37,20 @@ def test_hour_and_day_queries_widen_to_whole_buckets() -> None:
         (("c", "", 0, 1, 9), "unknown resolution 9"),
         (("c", "", 300_000_000_000_000, 300_000_000_000_001, 1), "must lie within"),
         (("c", "", -5, 1, 1), "must lie within"),
+        (("c\x00", "", 0, 1, 1), "control characters"),
+        (("c", "click\n", 0, 1, 1), "control characters"),
     ],
 )
 def test_bad_queries_are_refused(args: tuple[str, str, int, int, int], message: str) -> None:
     with pytest.raises(QueryError, match=message):
         MetricsQuery.parse(*args)
+
+
+@pytest.mark.parametrize("resolution", [1, 2, 3])
+def test_a_query_up_to_the_end_of_9999_ends_at_a_datetime(resolution: int) -> None:
+    q = MetricsQuery.parse("c", "", MAX_TIME_MS - DAY - 1, MAX_TIME_MS, resolution)
+    assert q.end_ms == MAX_TIMESTAMP_MS
+    assert ms_to_datetime(q.end_ms).year == 9999
 
 
 def test_a_point_without_details_has_no_values_no_users_and_is_open() -> None:
@@ -66,6 +77,7 @@ def test_a_dimension_set_is_normalized_and_its_filter_kept_sorted() -> None:
         ("a,b,c,d,e", {}, "limit 4"),
         ("x" * 500, {}, "too long"),
         ("country", {"country": "x" * 257}, "too long"),
+        ("country", {"country": "DE\x00"}, "control characters"),
     ],
 )
 def test_bad_dimension_queries_are_refused(
