@@ -7,6 +7,7 @@ the edge acknowledged is read back from Kafka, exactly.
 
 import asyncio
 import os
+import ssl
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -278,3 +280,65 @@ def metric(text: str, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def test_the_gateway_applies_the_same_tls_tokens_and_limits(secured: Secured) -> None:
+    url = f"https://127.0.0.1:{secured.pipeline.http_port}"
+    now = int(time.time() * 1000)
+
+    def body(campaign: str, first: int, count: int) -> list[dict[str, object]]:
+        return [
+            {"campaign_id": campaign, "event_type": "view", "timestamp": now, "event_id": f"h{i}"}
+            for i in range(first, first + count)
+        ]
+
+    def bearer(token: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {token}"}
+
+    # Not TLS, or TLS without a client certificate: no HTTP exchange at all.
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(url.replace("https", "http") + "/v1/events", json=body("acme-h", 0, 1))
+    trust = ssl.create_default_context(cafile=secured.ca_file)
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(url + "/v1/events", json=body("acme-h", 0, 1), verify=trust)
+
+    mutual = ssl.create_default_context(cafile=secured.ca_file)
+    mutual.load_cert_chain(secured.client_cert, secured.client_key)
+    with httpx.Client(base_url=url, timeout=10, verify=mutual) as client:
+        assert client.get("/healthz").status_code == 200  # no token needed
+        assert client.post("/v1/events", json=body("acme-h", 0, 1)).status_code == 401
+        bad = client.post("/v1/events", json=body("acme-h", 0, 1), headers=bearer(new_token()))
+        assert (bad.status_code, "bearer token" in bad.json()["error"]) == (401, True)
+
+        mixed = body("acme-h", 0, 20) + body("other-h", 20, 5)
+        reply = client.post("/v1/events", json=mixed, headers=bearer(secured.writer))
+        assert reply.status_code == 200
+        answer = reply.json()
+        assert (answer["accepted"], answer["dropped"]) == (20, 5)
+        assert {r["reason"] for r in answer["rejections"]} == {"PERMISSION_DENIED"}
+
+        query = {"start_ms": 0, "end_ms": 86_400_000}
+        own = client.get(
+            "/v1/metrics", params={"campaign_id": "acme-h", **query}, headers=bearer(secured.writer)
+        )
+        other = client.get(
+            "/v1/metrics",
+            params={"campaign_id": "other-h", **query},
+            headers=bearer(secured.writer),
+        )
+        assert (own.status_code, other.status_code) == (200, 403)
+
+        # The rate-limited token: 50 events/s, a burst of 100.
+        statuses, hints = [], []
+        for call in range(8):
+            reply = client.post(
+                "/v1/events", json=body("p-h", call * 40, 40), headers=bearer(secured.limited)
+            )
+            statuses.append(reply.status_code)
+            if reply.status_code == 429:
+                hints.append(int(reply.headers["retry-after"]))
+        assert statuses[:3] == [200, 200, 200] and 429 in statuses
+        assert all(1 <= h <= 2 for h in hints)
+
+    accepted = [i for i in accepted_ids(secured) if i[0] in ("acme-h", "other-h")]
+    assert accepted == sorted(("acme-h", f"h{i}") for i in range(20))
