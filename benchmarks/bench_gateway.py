@@ -10,6 +10,7 @@ edge (parse, validate, produce, wait for Kafka), not the client.
 
 import argparse
 import asyncio
+import ssl
 import tempfile
 import time
 from pathlib import Path
@@ -36,22 +37,23 @@ def _json(event: pb.RawEvent) -> dict[str, object]:
     }
 
 
-def _requests(port: int, events: list[pb.RawEvent], size: int) -> list[bytes]:
-    """Whole HTTP/1.1 requests, `size` events each, as JSON arrays."""
+def _requests(port: int, events: list[pb.RawEvent], size: int, headers: str = "") -> list[bytes]:
+    """Whole HTTP/1.1 requests, `size` events each, as JSON arrays (`headers`: extra
+    header lines, each ending in CRLF)."""
     out = []
     for i in range(0, len(events), size):
         body = orjson.dumps([_json(e) for e in events[i : i + size]])
         head = (
             f"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
         )
         out.append(head.encode() + body)
     return out
 
 
-async def _http_worker(port: int, queue: list[bytes]) -> int:
+async def _http_worker(port: int, queue: list[bytes], tls: ssl.SSLContext | None = None) -> int:
     """Sends requests from `queue` one after another on one keep-alive connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     accepted = 0
     try:
         while queue:
@@ -71,12 +73,22 @@ async def _http_worker(port: int, queue: list[bytes]) -> int:
     return accepted
 
 
-async def http_rate(port: int, events: list[pb.RawEvent], size: int, concurrency: int) -> float:
-    warm = _requests(port, with_new_ids(events[: size * concurrency]), size)
-    await asyncio.gather(*(_http_worker(port, warm) for _ in range(concurrency)))
-    queue = _requests(port, with_new_ids(events), size)
+async def http_rate(
+    port: int,
+    events: list[pb.RawEvent],
+    size: int,
+    concurrency: int,
+    *,
+    headers: str = "",
+    tls: ssl.SSLContext | None = None,
+) -> float:
+    """Events/s of `POST /v1/events` from `concurrency` keep-alive connections (with
+    `tls`, over TLS: one handshake per connection)."""
+    warm = _requests(port, with_new_ids(events[: size * concurrency]), size, headers)
+    await asyncio.gather(*(_http_worker(port, warm, tls) for _ in range(concurrency)))
+    queue = _requests(port, with_new_ids(events), size, headers)
     started = time.perf_counter()
-    counts = await asyncio.gather(*(_http_worker(port, queue) for _ in range(concurrency)))
+    counts = await asyncio.gather(*(_http_worker(port, queue, tls) for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     assert sum(counts) == len(events), f"accepted {sum(counts)} of {len(events)}"
     return len(events) / elapsed

@@ -9,6 +9,7 @@ CA made here.
 
 import argparse
 import asyncio
+import ssl
 import statistics
 import tempfile
 import time
@@ -25,6 +26,7 @@ from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.auth import digest, new_token, toml_entry
 from tests.ports import free_port
 
+from .bench_gateway import http_rate
 from .common import fresh_topics, pulse_process, stack, synthetic_events, with_new_ids
 
 
@@ -63,6 +65,7 @@ def edge_env(config: Config, certs: Certificates, tokens_file: Path, topic: str)
     env = {
         "PULSE_TOPIC_RAW": topic,
         "PULSE_GRPC_PORT": str(free_port()),
+        "PULSE_HTTP_PORT": str(free_port()),
         "PULSE_METRICS_PORT": "0",
         "PULSE_HEALTH_PORT": "0",
         "PULSE_HEARTBEAT_INTERVAL_SECONDS": "0",
@@ -83,6 +86,15 @@ def credentials(config: Config, certs: Certificates, token: str) -> Credentials:
         cert_file=certs.client_cert if config.mutual else "",
         key_file=certs.client_key if config.mutual else "",
     )
+
+
+def http_tls(config: Config, certs: Certificates) -> ssl.SSLContext | None:
+    if not config.tls:
+        return None
+    context = ssl.create_default_context(cafile=certs.ca)
+    if config.mutual:
+        context.load_cert_chain(certs.client_cert, certs.client_key)
+    return context
 
 
 async def wait_serving(target: str, creds: Credentials) -> None:
@@ -122,6 +134,7 @@ def main() -> None:
     parser.add_argument("-n", "--events", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-sizes", default="10,500")
+    parser.add_argument("--http-batch-size", type=int, default=500)
     args = parser.parse_args()
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     bootstrap, _dsn = stack()
@@ -150,16 +163,35 @@ def main() -> None:
                 edges.enter_context(pulse_process("serve", env, workdir / config.name))
             for target, cred in zip(targets, creds, strict=True):
                 asyncio.run(wait_serving(target, cred))
+            http = args.http_batch_size
             for _ in range(args.rounds):
                 for size in sizes:
                     for config, target, cred in zip(CONFIGS, targets, creds, strict=True):
                         rate = asyncio.run(measure(target, cred, events, size))
                         rates.setdefault((config.name, size), []).append(rate)
+                for config, env in zip(CONFIGS, envs, strict=True):
+                    headers = f"Authorization: Bearer {token}\r\n" if config.token else ""
+                    rate = asyncio.run(
+                        http_rate(
+                            int(env["PULSE_HTTP_PORT"]),
+                            events,
+                            http,
+                            8,
+                            headers=headers,
+                            tls=http_tls(config, certs),
+                        )
+                    )
+                    rates.setdefault((config.name, -http), []).append(rate)
     print(f"edge ingest with TLS and tokens, {args.events:,} events, median of {args.rounds}")
-    print(f"{'configuration':<22}" + "".join(f"{f'{s}/msg ev/s':>16}{'ratio':>7}" for s in sizes))
+    columns = [*sizes, -args.http_batch_size]
+
+    def label(size: int) -> str:
+        return f"gRPC {size}/msg" if size > 0 else f"HTTP {-size}/req"
+
+    print(f"{'configuration':<22}" + "".join(f"{label(s):>16}{'ratio':>7}" for s in columns))
     for config in CONFIGS:
         row = f"{config.name:<22}"
-        for size in sizes:
+        for size in columns:
             rate = statistics.median(rates[(config.name, size)])
             base = statistics.median(rates[(CONFIGS[0].name, size)])
             row += f"{rate:>16,.0f}{rate / base:>7.2f}"
