@@ -108,7 +108,7 @@ clean: ## stop the stack and delete its data and the venv
 	rm -rf $(VENV)
 
 .PHONY: bench
-bench: install up ## benchmarks: ingest RPC shapes, HTTP gateway, TLS and token overhead, HTTP gateway against gRPC, dataflow throughput (on time, backfill, dedup), dedup memory, sink rows/s, cardinality sweep, 1 against 2 dataflow processes, tracing overhead
+bench: install up ## benchmarks: ingest RPC shapes, HTTP gateway against gRPC, TLS and token overhead, dataflow throughput (on time, backfill, dedup), dedup memory, sink rows/s, cardinality sweep, 1 against 2 dataflow processes, tracing overhead
 	@$(STACK_ENV) && $(BIN)/python -m benchmarks.bench_ingest -n $${BENCH_EVENTS:-100000}
 	@$(STACK_ENV) && $(BIN)/python -m benchmarks.bench_gateway -n $${BENCH_EVENTS:-100000}
 	@$(STACK_ENV) && $(BIN)/python -m benchmarks.bench_security -n $${BENCH_EVENTS:-100000}
