@@ -95,7 +95,7 @@ soak: install ## outage soak: TimescaleDB, then Kafka, down $${SOAK_OUTAGE_SECON
 	@$(BIN)/python -m benchmarks.soak_outages --service kafka --outage-seconds $${SOAK_OUTAGE_SECONDS:-60}
 
 .PHONY: fuzz
-fuzz: install up ## fuzz the edge: a million mutated messages on every RPC (FUZZ_MESSAGES, FUZZ_SEED=1), then check it still serves and lost no valid event
+fuzz: install up ## fuzz the edge: a million mutated messages on every RPC and HTTP route (FUZZ_MESSAGES, FUZZ_SEED=1), then check it still serves and lost no valid event
 	@$(STACK_ENV) && $(BIN)/python -m benchmarks.fuzz_edge --messages $${FUZZ_MESSAGES:-1000000} --seed $${FUZZ_SEED:-1}
 
 .PHONY: lock

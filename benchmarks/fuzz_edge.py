@@ -1,51 +1,48 @@
-"""Fuzz the ingest edge: mutated messages on every RPC, every answer a clear status.
+"""Fuzz the ingest edge: mutated messages on every RPC and HTTP route, every answer clear.
 
     python -m benchmarks.fuzz_edge --messages 1000000 --seed 1
-    python -m benchmarks.fuzz_edge --messages 100000 --target 127.0.0.1:50051 --edge-pid PID
+    python -m benchmarks.fuzz_edge --messages 100000 --target 127.0.0.1:50051 \
+        --http-url http://127.0.0.1:8080 --edge-pid PID
 
 Without `--target` it starts `pulse serve` against the local stack (fresh topics and
-database, `PULSE_MAX_MESSAGE_BYTES` 1 MiB and `PULSE_MAX_BATCH_EVENTS` 1,000 so that
-oversized messages stay cheap), and afterwards reads the events topic back. It prints
-messages, calls, the count of each (route, status), messages/s and the edge's RSS before
-and after, and exits 1 when a call got a status outside the allowed set, the edge no
-longer serves, or (own edge) an acknowledged valid event is missing or doubled in Kafka.
-`make fuzz` runs it with a million messages; `tests/e2e/test_fuzz.py` runs 100,000.
+database, `PULSE_MAX_MESSAGE_BYTES` and `PULSE_HTTP_MAX_BODY_BYTES` 1 MiB and
+`PULSE_MAX_BATCH_EVENTS` 1,000 so that oversized messages stay cheap), and afterwards
+reads the events topic back. It prints messages (per route), calls, the count of each
+(route, status), messages/s and the edge's RSS before and after, and exits 1 when a
+call got a status outside the allowed set, the edge no longer serves, or (own edge) an
+acknowledged valid event is missing or doubled in Kafka, or one of a refused request
+is there. `make fuzz` runs it with a million messages; `tests/e2e/test_fuzz.py` runs
+100,000.
 
-The messages come from `benchmarks.fuzz_messages` (deterministic from the seed); a
-`Target` sends one call's messages and classifies the answer as an `Outcome`. Allowed
-gRPC statuses: OK, INVALID_ARGUMENT, RESOURCE_EXHAUSTED (a message over the size limit,
-refused by the transport), UNAUTHENTICATED and PERMISSION_DENIED; never UNKNOWN,
-INTERNAL or anything else.
-
-Adding an HTTP route (the REST gateway) takes three steps:
-1. a target: `HttpTarget(client, "POST", "/v1/events")` sends each message as the
-   request body, `HttpTarget(client, "GET", "/v1/metrics", in_query=True)` as the query
-   string (`client` an `httpx.AsyncClient` with the gateway's `base_url`); it answers
-   `http_outcome` (2xx and 4xx allowed, 5xx and transport errors not);
-2. a maker in `MessageFuzzer.makers` under the same route name, returning
-   `Call(route, (body,))` with bytes drawn from `fuzzer.rng`, e.g. `fuzzer.mutate_bytes`
-   over valid JSON bodies (truncation, flips, invalid UTF-8 make malformed JSON) and
-   hostile values from `fuzzer.hostile_event()` rendered as JSON;
-3. the route's weight in the `weights` passed to `fuzz` and the target in `targets`.
-Markers sent through the gateway are checked like the others when the maker lists them
-in `Call.markers` and the target reports the events accepted.
+The messages come from `benchmarks.fuzz_messages` (the RPCs) and `benchmarks.fuzz_http`
+(the gateway), deterministic from the seed; `ALL_WEIGHTS` makes about a third of the
+messages HTTP requests (one message each; a stream call has about 25). A `Target` sends
+one call and classifies the answer as an `Outcome`. Allowed gRPC statuses: OK,
+INVALID_ARGUMENT, RESOURCE_EXHAUSTED (a message over the size limit, refused by the
+transport), UNAUTHENTICATED and PERMISSION_DENIED; never UNKNOWN, INTERNAL or anything
+else. HTTP: any status below 500 (`http_outcome`); a 5xx or a broken connection fails.
+Marker events go through both transports: in a gRPC stream before any breaker (so
+acknowledged whenever the count is known), in an HTTP body that is all or nothing
+(acknowledged on a 200, absent from Kafka when refused).
 """
 
 import argparse
 import asyncio
+import contextlib
 import re
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import grpc
-import httpx
+import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -53,22 +50,45 @@ from protos.analytics.v1 import analytics_pb2 as pb
 from tests.kafka import delete_topics
 from tests.ports import free_port
 
+from .fuzz_http import (
+    GET_METRICS,
+    HTTP_INGEST_ROUTES,
+    HTTP_OTHER,
+    HTTP_ROUTES,
+    POST_JSON,
+    POST_NDJSON,
+    add_http_makers,
+    markers_body,
+)
 from .fuzz_messages import (
     DEFAULT_WEIGHTS,
     INGEST_EVENT_BATCHES,
     INGEST_EVENTS,
     QUERY_METRICS,
     Call,
+    HttpRequest,
     MessageFuzzer,
     Plan,
     delimited,
 )
+from .rawhttp import HttpClientError, RawHttpClient
 
 SERVICE = "analytics.v1.AnalyticsService"
 ALLOWED_GRPC = frozenset(
     {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAUTHENTICATED", "PERMISSION_DENIED"}
 )
-INGEST_ROUTES = frozenset({INGEST_EVENTS, INGEST_EVENT_BATCHES})
+INGEST_ROUTES = frozenset({INGEST_EVENTS, INGEST_EVENT_BATCHES, *HTTP_INGEST_ROUTES})
+# Calls per route with the gateway: an HTTP call is one message, a stream call about 25,
+# so that HTTP requests are about a third of the messages.
+ALL_WEIGHTS = {
+    INGEST_EVENTS: 0.04,
+    INGEST_EVENT_BATCHES: 0.03,
+    QUERY_METRICS: 0.03,
+    POST_JSON: 0.35,
+    POST_NDJSON: 0.25,
+    GET_METRICS: 0.26,
+    HTTP_OTHER: 0.04,
+}
 CALL_TIMEOUT_S = 60.0
 # The edge's answer to a malformed message after a stream's valid prefix (ingest/servicer.py).
 _ACCEPTED_BEFORE = re.compile(r"the (\d+) events before it were accepted")
@@ -77,19 +97,21 @@ PARTITIONS = 3
 
 class Outcome(NamedTuple):
     """One call's answer: its status, the messages sent, the events the edge says it
-    accepted (None: not an ingest call, or not known), and whether the status is allowed."""
+    accepted (None: not an ingest call, or not known), whether the status is allowed,
+    and whether the call's markers are in Kafka (True), not (False) or maybe (None)."""
 
     status: str
     sent: int
     accepted: int | None
     allowed: bool
     detail: str = ""
+    markers_kept: bool | None = None
 
 
 class Target(Protocol):
     """Sends one call's messages to one route."""
 
-    async def send(self, messages: Sequence[bytes]) -> Outcome: ...
+    async def send(self, call: Call) -> Outcome: ...
 
 
 class ClientStream:
@@ -100,7 +122,8 @@ class ClientStream:
             f"/{SERVICE}/{method}", request_serializer=None, response_deserializer=None
         )
 
-    async def send(self, messages: Sequence[bytes]) -> Outcome:
+    async def send(self, call: Call) -> Outcome:
+        messages = call.messages
         sent = 0
 
         def requests() -> Iterator[bytes]:
@@ -113,7 +136,8 @@ class ClientStream:
             reply = await self._call(requests(), timeout=CALL_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             return _grpc_failure(exc, sent, len(messages))
-        return Outcome("OK", sent, pb.IngestResponse.FromString(reply).accepted, True)
+        accepted = pb.IngestResponse.FromString(reply).accepted
+        return Outcome("OK", sent, accepted, True, markers_kept=True)
 
 
 class UnaryStream:
@@ -124,8 +148,8 @@ class UnaryStream:
             f"/{SERVICE}/{method}", request_serializer=None, response_deserializer=None
         )
 
-    async def send(self, messages: Sequence[bytes]) -> Outcome:
-        (message,) = messages
+    async def send(self, call: Call) -> Outcome:
+        (message,) = call.messages
         try:
             async for _point in self._call(message, timeout=CALL_TIMEOUT_S):
                 pass
@@ -144,40 +168,49 @@ def _grpc_failure(exc: grpc.aio.AioRpcError, sent: int, messages: int) -> Outcom
         accepted = int(found.group(1))
     elif status == "RESOURCE_EXHAUSTED" and messages == 1:
         accepted = 0  # the transport refused the only message: the edge never saw it
-    return Outcome(status, sent, accepted, status in ALLOWED_GRPC, detail)
+    # The markers come before any breaker: acknowledged whenever the count is known.
+    kept = None if accepted is None else True
+    return Outcome(status, sent, accepted, status in ALLOWED_GRPC, detail, kept)
 
 
-def http_outcome(status_code: int, body: bytes) -> Outcome:
-    """An HTTP answer: 2xx and 4xx are clear answers, 5xx is a failure."""
-    return Outcome(
-        f"HTTP {status_code}", 1, None, status_code < 500, body[:200].decode(errors="replace")
-    )
+def http_outcome(status_code: int, body: bytes, *, ingest: bool = False) -> Outcome:
+    """An HTTP answer: 2xx, 3xx and 4xx are clear answers, 5xx is a failure. For a POST
+    of events, the events accepted: the body's count (an error before the core, such as
+    400, 413 or 415, produced nothing); unknown on a 5xx. Its markers are in Kafka on a
+    200, not on an answer that accepted nothing, and maybe otherwise."""
+    allowed = status_code < 500
+    detail = body[:200].decode(errors="replace")
+    if not ingest or not allowed:
+        return Outcome(f"HTTP {status_code}", 1, None, allowed, detail)
+    try:
+        reply = orjson.loads(body)
+        accepted = int(reply.get("accepted", 0)) if isinstance(reply, dict) else 0
+    except orjson.JSONDecodeError:
+        accepted = 0
+    kept = True if status_code == 200 else (False if accepted == 0 else None)
+    return Outcome(f"HTTP {status_code}", 1, accepted, True, detail, kept)
 
 
 class HttpTarget:
-    """An HTTP route of the gateway: each message one request, as its body or, with
-    `in_query`, as its query string. Transport errors count as failures."""
+    """The gateway's routes: each call one request, its message the body, its
+    `HttpRequest` the rest. Transport errors count as failures."""
 
-    def __init__(
-        self, client: httpx.AsyncClient, method: str, path: str, *, in_query: bool = False
-    ) -> None:
+    def __init__(self, client: RawHttpClient, *, ingest: bool = False) -> None:
         self._client = client
-        self._method = method
-        self._path = path
-        self._in_query = in_query
+        self._ingest = ingest
 
-    async def send(self, messages: Sequence[bytes]) -> Outcome:
-        (message,) = messages
-        url: str | httpx.URL = self._path
-        content: bytes | None = message
-        if self._in_query:
-            url = httpx.URL(self._path, query=message)
-            content = None
+    async def send(self, call: Call) -> Outcome:
+        (body,) = call.messages
+        request = call.request
+        assert request is not None, call.route
         try:
-            reply = await self._client.request(self._method, url, content=content)
-        except httpx.HTTPError as exc:
-            return Outcome(f"HTTP error {type(exc).__name__}", 1, None, False, str(exc))
-        return http_outcome(reply.status_code, reply.content)
+            status, reply = await self._client.request(
+                request.method, request.target, request.headers, body, chunked=request.chunked
+            )
+        except HttpClientError as exc:
+            what = f"{request.method} {request.target[:80]} {request.headers} {len(body)} bytes"
+            return Outcome("HTTP error", 1, None, False, f"{exc} ({what})")
+        return http_outcome(status, reply, ingest=self._ingest)
 
 
 @dataclass
@@ -189,6 +222,8 @@ class Report:
     calls: int = 0
     marker_events: int = 0  # in the calls made (their messages are counted in `messages`)
     statuses: Counter[tuple[str, str]] = field(default_factory=Counter)
+    route_messages: Counter[str] = field(default_factory=Counter)
+    route_markers: Counter[str] = field(default_factory=Counter)  # acknowledged, by route
     unexpected: int = 0
     examples: list[str] = field(default_factory=list)  # the first unexpected answers
     accepted: int = 0  # events the edge said it accepted, in calls where it said so
@@ -203,6 +238,7 @@ class Report:
         self.calls += 1
         self.marker_events += len(call.markers)
         self.statuses[route, outcome.status] += 1
+        self.route_messages[route] += outcome.sent
         if not outcome.allowed:
             self.unexpected += 1
             if len(self.examples) < 20:
@@ -211,10 +247,14 @@ class Report:
             return
         if outcome.accepted is None:
             self.unknown_calls += 1
-            self.unconfirmed.update(call.markers)
         else:
             self.accepted += outcome.accepted
+        if outcome.markers_kept:
             self.acknowledged.update(call.markers)
+            self.route_markers[route] += len(call.markers)
+        elif outcome.markers_kept is None:
+            self.unconfirmed.update(call.markers)
+        # else refused: `check_log` finds them in Kafka as markers never acknowledged
 
     def summary(self) -> str:
         rate = self.messages / self.elapsed_s if self.elapsed_s else 0.0
@@ -226,7 +266,12 @@ class Report:
             f"{self.unknown_calls:,}, unexpected answers {self.unexpected:,}",
         ]
         lines += [
-            f"  {route:<20}{status:<20}{n:>10,}"
+            f"  {route:<24}messages {n:>10,} ({n / max(1, self.messages):.0%}), "
+            f"acknowledged markers {self.route_markers[route]:,}"
+            for route, n in sorted(self.route_messages.items())
+        ]
+        lines += [
+            f"  {route:<24}{status:<20}{n:>10,}"
             for (route, status), n in sorted(self.statuses.items())
         ]
         lines += [f"  unexpected: {example}" for example in self.examples]
@@ -258,7 +303,7 @@ async def fuzz(
     async def worker() -> None:
         while report.mutated < messages and time.monotonic() < deadline:
             call = next(calls)
-            outcome = await targets[call.route].send(call.messages)
+            outcome = await targets[call.route].send(call)
             report.add(call.route, call, outcome)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -266,31 +311,56 @@ async def fuzz(
     return report
 
 
-async def fuzz_grpc(
+@contextlib.asynccontextmanager
+async def http_client(http_url: str) -> AsyncIterator[RawHttpClient]:
+    """A keep-alive client (a connection per request in flight) for http://host:port."""
+    url = urllib.parse.urlsplit(http_url)
+    client = RawHttpClient(url.hostname or "127.0.0.1", url.port or 80)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def http_targets(client: RawHttpClient) -> dict[str, Target]:
+    return {route: HttpTarget(client, ingest=route in HTTP_INGEST_ROUTES) for route in HTTP_ROUTES}
+
+
+async def fuzz_routes(
     target: str,
+    http_url: str | None,
     plan: Plan,
     messages: int,
     *,
     concurrency: int = 16,
     max_seconds: float = float("inf"),
-    weights: Mapping[str, float] = DEFAULT_WEIGHTS,
+    weights: Mapping[str, float] | None = None,
 ) -> tuple[Report, MessageFuzzer]:
-    """Fuzz the edge's three RPCs at `target` with the calls of `plan`."""
+    """Fuzz the edge's three RPCs at `target` and, given `http_url`, the gateway's
+    routes, with the calls of `plan` (`weights`: ALL_WEIGHTS, or the RPCs' alone)."""
     fuzzer = MessageFuzzer(plan)
-    async with grpc.aio.insecure_channel(target) as channel:
+    add_http_makers(fuzzer)
+    async with (
+        grpc.aio.insecure_channel(target) as channel,
+        http_client(http_url or "http://unused") as client,
+    ):
+        targets = grpc_targets(channel)
+        if http_url:
+            targets |= http_targets(client)
+        chosen = weights or (ALL_WEIGHTS if http_url else DEFAULT_WEIGHTS)
+        calls = fuzzer.calls(chosen)
         report = await fuzz(
-            grpc_targets(channel),
-            fuzzer.calls(weights),
-            messages,
-            concurrency=concurrency,
-            max_seconds=max_seconds,
+            targets, calls, messages, concurrency=concurrency, max_seconds=max_seconds
         )
     return report, fuzzer
 
 
-async def still_serving(target: str, fuzzer: MessageFuzzer, report: Report, events: int) -> str:
-    """The edge's health, then a fresh batch of `events` markers (acknowledged ones are
-    added to the report). Returns "" when it is SERVING and accepted them all."""
+async def still_serving(
+    target: str, http_url: str | None, fuzzer: MessageFuzzer, report: Report, events: int
+) -> str:
+    """The edge's health, then a fresh batch of `events` markers on gRPC and (given
+    `http_url`) /readyz and a fresh POST of `events` markers on HTTP (acknowledged ones
+    are added to the report). Returns "" when it is SERVING, ready and took them all."""
     async with grpc.aio.insecure_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
@@ -298,10 +368,24 @@ async def still_serving(target: str, fuzzer: MessageFuzzer, report: Report, even
             return f"health is {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
         markers = tuple(fuzzer.marker() for _ in range(events))
         batch = b"".join(delimited(1, data) for _, data in markers)
-        outcome = await ClientStream(channel, INGEST_EVENT_BATCHES).send([batch])
-        report.add(INGEST_EVENT_BATCHES, Call(INGEST_EVENT_BATCHES, (batch,), markers), outcome)
+        call = Call(INGEST_EVENT_BATCHES, (batch,), markers)
+        outcome = await ClientStream(channel, INGEST_EVENT_BATCHES).send(call)
+        report.add(INGEST_EVENT_BATCHES, call, outcome)
     if (outcome.status, outcome.accepted) != ("OK", events):
         return f"a fresh batch of {events} events got {outcome.status}, {outcome.accepted} accepted"
+    if not http_url:
+        return ""
+    async with http_client(http_url) as client:
+        status, reply = await client.request("GET", "/readyz")
+        if status != 200:
+            return f"/readyz answers {status}: {reply[:300]!r}"
+        body, markers = markers_body(fuzzer, events)
+        headers = (("content-type", "application/json"),)
+        call = Call(POST_JSON, (body,), markers, 1, HttpRequest("POST", "/v1/events", headers))
+        outcome = await HttpTarget(client, ingest=True).send(call)
+        report.add(POST_JSON, call, outcome)
+    if (outcome.status, outcome.accepted) != ("HTTP 200", events):
+        return f"a fresh POST of {events} events got {outcome.status}, {outcome.accepted} accepted"
     return ""
 
 
@@ -347,7 +431,9 @@ def check_log(
         seen[event.event_id] += 1
         sent = report.acknowledged.get(event.event_id) or report.unconfirmed.get(event.event_id)
         if sent != value:
-            problems.append(f"marker {event.event_id} in Kafka is not the event sent")
+            problems.append(
+                f"marker {event.event_id} in Kafka is not the event sent or was refused"
+            )
     missing = [i for i in report.acknowledged if seen[i] != 1]
     if missing:
         counts = [(i, seen[i]) for i in missing[:10]]
@@ -371,12 +457,14 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def _edge_env(bootstrap: str, dsn: str, topic: str, port: int) -> dict[str, str]:
+def _edge_env(bootstrap: str, dsn: str, topic: str, port: int, http_port: int) -> dict[str, str]:
     return {
         "PULSE_KAFKA_BOOTSTRAP": bootstrap,
         "PULSE_PG_DSN": dsn,
         "PULSE_TOPIC_RAW": topic,
         "PULSE_GRPC_PORT": str(port),
+        "PULSE_HTTP_PORT": str(http_port),
+        "PULSE_HTTP_MAX_BODY_BYTES": str(1 << 20),
         "PULSE_METRICS_PORT": "0",
         "PULSE_HEALTH_PORT": "0",
         "PULSE_MAX_MESSAGE_BYTES": str(1 << 20),
@@ -384,12 +472,14 @@ def _edge_env(bootstrap: str, dsn: str, topic: str, port: int) -> dict[str, str]
     }
 
 
-def _run(args: argparse.Namespace, target: str, pid: int | None, plan: Plan) -> tuple[Report, str]:
+def _run(
+    args: argparse.Namespace, target: str, http_url: str | None, pid: int | None, plan: Plan
+) -> tuple[Report, str]:
     before = rss_kb(pid) if pid else 0
     report, fuzzer = asyncio.run(
-        fuzz_grpc(target, plan, args.messages, concurrency=args.concurrency)
+        fuzz_routes(target, http_url, plan, args.messages, concurrency=args.concurrency)
     )
-    problem = asyncio.run(still_serving(target, fuzzer, report, 100))
+    problem = asyncio.run(still_serving(target, http_url, fuzzer, report, 100))
     after = rss_kb(pid) if pid else 0
     print(report.summary())
     if pid:
@@ -403,9 +493,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--target", help="a running edge, host:port (default: start one)")
+    parser.add_argument(
+        "--http-url", help="the running edge's gateway, http://host:port (default: gRPC only)"
+    )
     parser.add_argument("--edge-pid", type=int, help="the running edge's pid, for its RSS")
     parser.add_argument("--max-message-bytes", type=int, default=1 << 20)
     parser.add_argument("--max-batch-events", type=int, default=1000)
+    parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
     args = parser.parse_args()
     plan = Plan(
         seed=args.seed,
@@ -413,11 +507,12 @@ def main() -> None:
         marker_campaign=f"fuzz-valid-{uuid.uuid4().hex[:8]}",
         max_message_bytes=args.max_message_bytes,
         max_batch_events=args.max_batch_events,
+        max_body_bytes=args.max_body_bytes,
     )
     print(f"fuzzing with seed {args.seed}, markers in campaign {plan.marker_campaign}")
     problems: list[str] = []
     if args.target:
-        report, problem = _run(args, args.target, args.edge_pid, plan)
+        report, problem = _run(args, args.target, args.http_url, args.edge_pid, plan)
         problems += [problem] if problem else []
     else:
         from .bench_ingest import wait_serving
@@ -425,18 +520,19 @@ def main() -> None:
 
         bootstrap, admin_dsn = stack()
         topics = fresh_topics(bootstrap, PARTITIONS)
-        port = free_port()
+        port, http_port = free_port(), free_port()
         target = f"127.0.0.1:{port}"
         try:
             with (
                 fresh_database(admin_dsn) as dsn,
                 tempfile.TemporaryDirectory() as tmp,
                 pulse_process(
-                    "serve", _edge_env(bootstrap, dsn, topics["raw"], port), Path(tmp)
+                    "serve", _edge_env(bootstrap, dsn, topics["raw"], port, http_port), Path(tmp)
                 ) as proc,
             ):
                 wait_serving(target, proc)
-                report, problem = _run(args, target, proc.pid, plan)
+                http_url = f"http://127.0.0.1:{http_port}"
+                report, problem = _run(args, target, http_url, proc.pid, plan)
                 problems += [problem] if problem else []
             records = read_to_end(bootstrap, topics["raw"], PARTITIONS)
             problems += check_log(records, report, plan.marker_campaign)
@@ -447,7 +543,9 @@ def main() -> None:
         finally:
             delete_topics(bootstrap, list(topics.values()))
     if report.unexpected:
-        problems.append(f"{report.unexpected} calls got a status outside {sorted(ALLOWED_GRPC)}")
+        problems.append(
+            f"{report.unexpected} calls got a status outside {sorted(ALLOWED_GRPC)} or an HTTP 5xx"
+        )
     for problem in problems:
         print(f"FAIL: {problem}")
     sys.exit(1 if problems else 0)

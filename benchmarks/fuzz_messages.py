@@ -1,7 +1,8 @@
 """Mutated request messages for the ingest edge, deterministic from a seed.
 
-`MessageFuzzer(plan).calls(weights)` yields an endless stream of `Call`s: one RPC (or,
-later, one HTTP route) and the raw bytes of the messages to send on it. The same plan
+`MessageFuzzer(plan).calls(weights)` yields an endless stream of `Call`s: one RPC (or
+one HTTP route, whose makers `benchmarks.fuzz_http` adds) and the raw bytes of the
+messages to send on it. The same plan
 (seed and clock) always yields the same bytes. `benchmarks.fuzz_edge` sends them.
 
 A stream call is built so that one malformed message does not hide the rest: a prefix
@@ -28,6 +29,7 @@ import random
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.limits import (
@@ -162,14 +164,27 @@ def length_prefixes(data: bytes) -> list[tuple[int, int]]:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """What an HTTP call sends besides its body: method, target (path and query string,
+    printable ASCII), headers, and whether the body goes chunked (no Content-Length)."""
+
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...] = ()
+    chunked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     """One call: its route, the raw messages, and the marker events among them as
-    (event_id, the event serialized) in order."""
+    (event_id, the event serialized) in order. An HTTP call has one message, its body,
+    and its `request`."""
 
     route: str
     messages: tuple[bytes, ...]
     markers: tuple[tuple[str, bytes], ...] = ()
     marker_messages: int = 0  # the messages holding only markers (the rest are mutated)
+    request: HttpRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +198,7 @@ class Plan:
     max_batch_events: int = 1000  # the edge's PULSE_MAX_BATCH_EVENTS
     max_prefix: int = 48  # decodable messages before a stream call's breaker
     max_age_ms: int = 7 * DAY_MS  # the edge's PULSE_MAX_EVENT_AGE_SECONDS, in ms
+    max_body_bytes: int = 1 << 20  # the edge's PULSE_HTTP_MAX_BODY_BYTES
 
 
 Maker = Callable[[], Call]
@@ -202,7 +218,7 @@ class MessageFuzzer:
         self.rng = random.Random(plan.seed)
         self._markers = 0
         now = plan.now_ms
-        self._timestamps = (
+        self.timestamps = (
             0,
             -1,
             1,
@@ -260,20 +276,28 @@ class MessageFuzzer:
         event_id = b"fz-%d" % self.rng.randrange(10**9)
         return self.rng.choice(self._templates) + delimited(5, event_id)
 
-    def marker(self) -> tuple[str, bytes]:
-        """The next marker event: valid, its id unique, one dimension (so its serialized
-        form, which the edge writes to Kafka, is the same bytes)."""
+    def marker_fields(self) -> dict[str, Any]:
+        """The next marker event's fields: valid, its id unique, one dimension (so its
+        serialized form, which the edge writes to Kafka, is always the same bytes)."""
         self._markers += 1
-        event_id = f"m{self._markers}"
-        event = pb.RawEvent(
-            campaign_id=self.plan.marker_campaign,
-            event_type="click",
-            event_id=event_id,
-            timestamp=self.plan.now_ms - self.rng.randrange(600_000),
-            value=self._markers % 8 / 4,
-            dimensions={"user_id": f"u{self._markers % 100}"},
-        )
-        return event_id, event.SerializeToString()
+        return {
+            "campaign_id": self.plan.marker_campaign,
+            "event_type": "click",
+            "event_id": f"m{self._markers}",
+            "timestamp": self.plan.now_ms - self.rng.randrange(600_000),
+            "value": self._markers % 8 / 4,
+            "dimensions": {"user_id": f"u{self._markers % 100}"},
+        }
+
+    @staticmethod
+    def marker_from(fields: dict[str, Any]) -> bytes:
+        """A marker's serialized form from its fields."""
+        return pb.RawEvent(**fields).SerializeToString()
+
+    def marker(self) -> tuple[str, bytes]:
+        """The next marker event: its id and its serialized form."""
+        fields = self.marker_fields()
+        return fields["event_id"], self.marker_from(fields)
 
     def string(self) -> bytes:
         """A hostile string, UTF-8 encoded (valid UTF-8: the message still decodes)."""
@@ -289,7 +313,7 @@ class MessageFuzzer:
             if pick <= 2:  # campaign_id, event_type, event_id
                 parts.append(delimited((1, 2, 5)[pick], self.string()))
             elif pick == 3:
-                parts.append(key(3, 0) + varint(rng.choice(self._timestamps)))
+                parts.append(key(3, 0) + varint(rng.choice(self.timestamps)))
             elif pick == 4:
                 parts.append(key(6, 1) + struct.pack("<d", rng.choice(VALUES)))
             elif pick == 5:
@@ -462,8 +486,8 @@ class MessageFuzzer:
             if pick <= 1:  # campaign_id, event_type
                 parts.append(delimited(pick + 1, self.string()))
             elif pick == 2:  # start_ms, end_ms
-                parts.append(key(3, 0) + varint(rng.choice(self._timestamps)))
-                parts.append(key(4, 0) + varint(rng.choice(self._timestamps)))
+                parts.append(key(3, 0) + varint(rng.choice(self.timestamps)))
+                parts.append(key(4, 0) + varint(rng.choice(self.timestamps)))
             elif pick == 3:
                 parts.append(key(5, 0) + varint(rng.choice(RESOLUTIONS)))
             elif pick == 4:
