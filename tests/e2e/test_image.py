@@ -93,7 +93,9 @@ def test_the_image_sets_real_settings(image: str) -> None:
     # The defaults (127.0.0.1) would hide the listeners inside the container's network.
     assert pulse == {
         "PULSE_GRPC_HOST": "0.0.0.0",
+        "PULSE_HTTP_HOST": "0.0.0.0",
         "PULSE_HEALTH_HOST": "0.0.0.0",
+        "PULSE_METRICS_HOST": "0.0.0.0",
         "PULSE_RECOVERY_DIR": "/var/lib/pulse",
     }
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
