@@ -194,14 +194,16 @@ async def serve(settings: IngestSettings) -> None:
     reader = TimescaleMetricsReader(settings.pg_dsn.get_secret_value())
     await reader.open()
     servicer = AnalyticsServicer(
-        producer,
-        reader,
-        settings.limits(),
-        settings.max_batch_events,
-        now_ms,
-        tracer=tracing.tracer,
-        recent=recent_ids(settings),
-        guard=guard,
+        IngestCore(
+            producer,
+            reader,
+            settings.limits(),
+            settings.max_batch_events,
+            now_ms,
+            tracer=tracing.tracer,
+            recent=recent_ids(settings),
+            guard=guard,
+        )
     )
     server, health_servicer = await grpc_server(settings, servicer, tracing.tracer, tls)
     address = f"{settings.grpc_host}:{settings.grpc_port}"

@@ -7,16 +7,14 @@ not acknowledge everything (see `STATUS`).
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
-from opentelemetry.trace import Tracer
 
 from protos.analytics.v1 import analytics_pb2 as pb
 from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from pulse.errors import QueryError, SinkError
-from pulse.validation import Limits
 
 from .core import (
     DELIVERY_EVENTS,
@@ -35,9 +33,8 @@ from .core import (
     denied,
     log_call_error,
 )
-from .guard import DeniedError, Guard
+from .guard import DeniedError
 from .messages import Malformed
-from .recent_ids import RecentIds
 
 __all__ = [
     "DELIVERY_EVENTS",
@@ -75,28 +72,8 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     """Ingest and query RPCs over `core` (built from the same arguments as `IngestCore`),
     which the HTTP gateway of the same process shares."""
 
-    def __init__(
-        self,
-        producer: EventProducer,
-        reader: MetricsReader,
-        limits: Limits,
-        max_batch_events: int,
-        clock_ms: Callable[[], int],
-        *,
-        tracer: Tracer | None = None,
-        recent: RecentIds | None = None,
-        guard: Guard | None = None,
-    ) -> None:
-        self.core = IngestCore(
-            producer,
-            reader,
-            limits,
-            max_batch_events,
-            clock_ms,
-            tracer=tracer,
-            recent=recent,
-            guard=guard,
-        )
+    def __init__(self, core: IngestCore) -> None:
+        self.core = core
 
     async def IngestEvents(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.RawEvent], context: Context

@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind
 
 from flows.aggregate import FlowConfig, build_flow
 from flows.kafka_source import MessageKafkaSource
+from ingest.core import IngestCore
 from ingest.interceptors import MetricsInterceptor
 from ingest.producer import KafkaEventProducer
 from ingest.servicer import DELIVERY_EVENTS, AnalyticsServicer
@@ -61,7 +62,7 @@ def ingest(
     async def main() -> None:
         server = grpc.aio.server(interceptors=[MetricsInterceptor(tracing.tracer)])
         servicer = AnalyticsServicer(
-            producer, FixedReader(), Limits(), 10_000, now_ms, tracer=tracing.tracer
+            IngestCore(producer, FixedReader(), Limits(), 10_000, now_ms, tracer=tracing.tracer)
         )
         pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")

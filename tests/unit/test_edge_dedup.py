@@ -5,6 +5,7 @@ import asyncio
 import grpc
 
 from ingest.client import PulseClient
+from ingest.core import IngestCore
 from ingest.recent_ids import RecentIds
 from ingest.servicer import AnalyticsServicer
 from protos.analytics.v1 import analytics_pb2 as pb
@@ -22,7 +23,7 @@ def serve(
     async def main() -> list[pb.IngestResponse | grpc.StatusCode]:
         server = grpc.aio.server()
         servicer = AnalyticsServicer(
-            producer, FixedReader(), Limits(), 1000, lambda: NOW, recent=recent
+            IngestCore(producer, FixedReader(), Limits(), 1000, lambda: NOW, recent=recent)
         )
         pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")

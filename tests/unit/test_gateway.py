@@ -95,7 +95,9 @@ def grpc_answer(events: list[pb.RawEvent]) -> pb.IngestResponse:
 
     async def main() -> pb.IngestResponse:
         server = grpc.aio.server()
-        servicer = AnalyticsServicer(RecordingProducer(), FixedReader(), Limits(), 100, lambda: NOW)
+        servicer = AnalyticsServicer(
+            IngestCore(RecordingProducer(), FixedReader(), Limits(), 100, lambda: NOW)
+        )
         add_service(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()

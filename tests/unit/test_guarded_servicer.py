@@ -1,7 +1,6 @@
 """Tokens, prefixes, rate limits and the in-flight bound, through the gRPC servicer on a
 real in-process server (fake Kafka and store ports, a fake clock)."""
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -10,14 +9,11 @@ import pytest
 
 from ingest.client import Credentials, PulseClient
 from ingest.guard import Guard
-from ingest.messages import add_service
-from ingest.servicer import AnalyticsServicer
 from ingest.tokens import TokenFile
 from protos.analytics.v1 import analytics_pb2 as pb
 from pulse.admission import InFlight
 from pulse.auth import digest, new_token, toml_entry
-from pulse.validation import Limits
-from tests.unit.test_servicer import NOW, FixedReader, RecordingProducer, event
+from tests.unit.test_servicer import FixedReader, RecordingProducer, event, with_server
 
 WRITER, LIMITED = new_token(), new_token()
 
@@ -48,20 +44,7 @@ def tokens_file(tmp_path: Path) -> TokenFile:
 def serve(
     guard: Guard, producer: RecordingProducer, test: Callable[[str], Awaitable[None]]
 ) -> None:
-    async def main() -> None:
-        server = grpc.aio.server()
-        servicer = AnalyticsServicer(
-            producer, FixedReader(), Limits(), 100, lambda: NOW, guard=guard
-        )
-        add_service(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            await test(f"127.0.0.1:{port}")
-        finally:
-            await server.stop(None)
-
-    asyncio.run(main())
+    with_server(producer, FixedReader(), test, guard)
 
 
 def client(target: str, token: str = "", batch: int = 100) -> PulseClient:

@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from ingest.client import PulseClient
+from ingest.core import IngestCore
 from ingest.interceptors import MetricsInterceptor, status_name
 from ingest.servicer import AnalyticsServicer
 from protos.analytics.v1 import analytics_pb2 as pb
@@ -46,7 +47,7 @@ def with_server(test: Callable[[str], Awaitable[None]], reader: FixedReader | No
     async def main() -> None:
         server = grpc.aio.server(interceptors=[MetricsInterceptor()])
         servicer = AnalyticsServicer(
-            RecordingProducer(), reader or FixedReader(), Limits(), 100, lambda: NOW
+            IngestCore(RecordingProducer(), reader or FixedReader(), Limits(), 100, lambda: NOW)
         )
         pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)

@@ -13,6 +13,7 @@ from opentelemetry.trace import SpanKind
 
 from flows.records import MAX_TRACE_PARENTS, Decoder
 from ingest.client import PulseClient
+from ingest.core import IngestCore
 from ingest.interceptors import MetricsInterceptor
 from ingest.servicer import DELIVERY_EVENTS, AnalyticsServicer
 from protos.analytics.v1 import analytics_pb2 as pb
@@ -142,7 +143,9 @@ def ingest_over_grpc(
     async def main() -> None:
         server = grpc.aio.server(interceptors=[MetricsInterceptor(tracing.tracer)])
         servicer = AnalyticsServicer(
-            producer, FixedReader(), Limits(), 10_000, lambda: NOW, tracer=tracing.tracer
+            IngestCore(
+                producer, FixedReader(), Limits(), 10_000, lambda: NOW, tracer=tracing.tracer
+            )
         )
         pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
@@ -206,7 +209,14 @@ def test_a_call_without_client_context_starts_a_trace() -> None:
     async def main() -> None:
         server = grpc.aio.server(interceptors=[MetricsInterceptor(tracing.tracer)])
         servicer = AnalyticsServicer(
-            RecordingProducer(), FixedReader(), Limits(), 100, lambda: NOW, tracer=tracing.tracer
+            IngestCore(
+                RecordingProducer(),
+                FixedReader(),
+                Limits(),
+                100,
+                lambda: NOW,
+                tracer=tracing.tracer,
+            )
         )
         pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")

@@ -7,6 +7,8 @@ import grpc
 import pytest
 
 from ingest.client import PulseClient
+from ingest.core import IngestCore
+from ingest.guard import Guard
 from ingest.messages import SERVICE, add_service
 from ingest.servicer import (
     DELIVERY_EVENTS,
@@ -97,11 +99,15 @@ class FixedReader(MetricsReader):
 
 
 def with_server(
-    producer: RecordingProducer, reader: FixedReader, test: Callable[[str], Awaitable[None]]
+    producer: RecordingProducer,
+    reader: FixedReader,
+    test: Callable[[str], Awaitable[None]],
+    guard: Guard | None = None,
 ) -> None:
     async def main() -> None:
         server = grpc.aio.server()
-        add_service(AnalyticsServicer(producer, reader, Limits(), 100, lambda: NOW), server)
+        core = IngestCore(producer, reader, Limits(), 100, lambda: NOW, guard=guard)
+        add_service(AnalyticsServicer(core), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
