@@ -326,12 +326,7 @@ class IngestSettings(CommonSettings):
             raise ValueError("PULSE_TLS_CERT_FILE and PULSE_TLS_KEY_FILE go together")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("PULSE_TLS_CLIENT_CA_FILE (mutual TLS) needs PULSE_TLS_CERT_FILE")
-        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "tokens_file"):
-            path = getattr(self, name)
-            if path and not os.path.isfile(path):
-                msg = f"PULSE_{name.upper()}: {path} is not a readable file"
-                raise ValueError(msg)
-        return self
+        return self  # the files themselves are read at start (ingest/tls.py, ingest/tokens.py)
 
     def limits(self) -> Limits:
         return Limits(

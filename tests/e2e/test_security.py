@@ -8,6 +8,8 @@ the edge acknowledged is read back from Kafka, exactly.
 import asyncio
 import os
 import ssl
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from pulse.auth import digest, new_token, toml_entry
 from tests.conftest import Stack, Topics
 from tests.e2e.conftest import Pipeline
 from tests.kafka import consume_all
+from tests.ports import free_port
 
 RELOAD_S = 0.5
 
@@ -342,3 +345,44 @@ def test_the_gateway_applies_the_same_tls_tokens_and_limits(secured: Secured) ->
 
     accepted = [i for i in accepted_ids(secured) if i[0] in ("acme-h", "other-h")]
     assert accepted == sorted(("acme-h", f"h{i}") for i in range(20))
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        (
+            {"PULSE_TLS_CERT_FILE": "absent.pem", "PULSE_TLS_KEY_FILE": "absent.key"},
+            "pulse: TLS files (absent.pem, absent.key): [Errno 2] No such file or directory",
+        ),
+        (
+            {"PULSE_TOKENS_FILE": "absent.toml"},
+            "pulse: tokens file absent.toml: No such file or directory",
+        ),
+        (
+            {"PULSE_TOKENS_FILE": "tokens.toml"},
+            "pulse: tokens file tokens.toml: token 1: unknown field 'token'",
+        ),
+    ],
+)
+def test_a_missing_or_bad_tls_or_tokens_file_stops_the_edge_in_one_line(
+    stack: Stack, tmp_path: Path, env: dict[str, str], line: str
+) -> None:
+    (tmp_path / "tokens.toml").write_text('[[tokens]]\ntoken = "a plain token"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "serve"],
+        env={
+            **os.environ,
+            "PULSE_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+            "PULSE_GRPC_PORT": str(free_port()),
+            **{f"PULSE_{p}_PORT": "0" for p in ("HTTP", "METRICS", "HEALTH")},
+            **env,
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == line
+    assert "Traceback" not in done.stderr and "a plain token" not in done.stderr
