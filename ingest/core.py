@@ -11,7 +11,7 @@ and the Prometheus counters all live here, once.
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -402,21 +402,6 @@ class IngestCore:
                 self.guard.release(len(records) - len(fresh), size - kept)
                 records, size = fresh, kept
         return records, size
-
-    @staticmethod
-    def parse_query(  # noqa: PLR0917 (the request's fields)
-        campaign_id: str,
-        event_type: str,
-        start_ms: int,
-        end_ms: int,
-        resolution: int,
-        group_by: str = "",
-        dimensions: Mapping[str, str] | None = None,
-    ) -> MetricsQuery:
-        """The validated query (raises QueryError, which is INVALID_ARGUMENT)."""
-        return MetricsQuery.parse(
-            campaign_id, event_type, start_ms, end_ms, resolution, group_by, dimensions
-        )
 
     def points(self, query: MetricsQuery) -> AsyncIterator[MetricPointRow]:
         """The query's points from the store (raises SinkError, which is UNAVAILABLE:

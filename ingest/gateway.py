@@ -342,7 +342,7 @@ def _parse_query(request: Request) -> tuple[MetricsQuery, str]:
     resolution = _RESOLUTIONS.get(resolution_name)
     if resolution is None:
         raise QueryError(f"resolution must be one of {', '.join(_RESOLUTIONS)}")
-    query = IngestCore.parse_query(
+    query = MetricsQuery.parse(
         params.get("campaign_id", ""),
         params.get("event_type", ""),
         _int_param(params, "start_ms"),

@@ -15,6 +15,7 @@ import grpc
 from protos.analytics.v1 import analytics_pb2 as pb
 from protos.analytics.v1 import analytics_pb2_grpc as pb_grpc
 from pulse.errors import QueryError, SinkError
+from pulse.query import MetricsQuery
 
 from .core import (
     DELIVERY_EVENTS,
@@ -129,7 +130,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         if isinstance(request, Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request))
         try:
-            query = self.core.parse_query(
+            query = MetricsQuery.parse(
                 request.campaign_id,
                 request.event_type,
                 request.start_ms,
