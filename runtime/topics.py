@@ -55,7 +55,37 @@ def ensure_topics(
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise KafkaAdminError(f"creating topic {topic} failed: {exc}") from exc
+    _await_metadata(admin, missing, timeout_s)
     return created
+
+
+def _await_metadata(admin: AdminClient, topics: list[str], timeout_s: float) -> None:
+    """Wait until the broker's metadata shows every topic with a leader for each partition.
+
+    A create is acknowledged once the controller has it; the broker answering metadata
+    learns of it a moment later. Callers that look a new topic up right away (a sink's
+    partition count, a reader) would otherwise be told it does not exist.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            metadata = admin.list_topics(timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException:
+            metadata = None
+        if metadata is not None and all(_settled(metadata.topics.get(t)) for t in topics):
+            return
+        if time.monotonic() >= deadline:
+            raise KafkaAdminError(
+                f"topics {', '.join(topics)} created but not visible after {timeout_s:g} s"
+            )
+        time.sleep(0.05)
+
+
+def _settled(topic: object) -> bool:
+    if topic is None or getattr(topic, "error", None) is not None:
+        return False
+    partitions = getattr(topic, "partitions", {})
+    return bool(partitions) and all(p.leader >= 0 for p in partitions.values())
 
 
 def partition_counts(
