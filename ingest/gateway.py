@@ -50,6 +50,7 @@ from .core import (
 )
 from .core import log_call_error as _log_call_error
 from .guard import DeniedError
+from .http_protocol import bounded_protocol
 from .jsonevents import NDJSON, PARSERS
 from .tls import TlsFiles
 
@@ -384,19 +385,25 @@ def _report_stop(task: "asyncio.Task[None]") -> None:
 
 
 class GatewayServer:
-    """uvicorn (httptools) serving `app` on the running event loop, until `stop`."""
+    """uvicorn (httptools) serving `app` on the running event loop, until `stop`.
+
+    Request heads are bounded in size and time (`http_protocol`); bodies by the `Gateway`.
+    """
 
     def __init__(
         self,
         app: Starlette,
         sock: socket.socket,
+        *,
         grace_s: float = 10.0,
         tls: TlsFiles | None = None,
+        max_head_bytes: int = 64 * 1024,
+        head_timeout_s: float = 10.0,
     ) -> None:
         config = uvicorn.Config(
             app,
             loop="none",
-            http="httptools",
+            http=bounded_protocol(max_head_bytes, head_timeout_s),
             ws="none",
             lifespan="off",
             log_config=None,

@@ -84,6 +84,11 @@ GRPC_SECONDS = Histogram(
 HTTP_HANDLED = Counter(
     "pulse_ingest_http_handled_total", "HTTP requests answered, by status", ["route", "status"]
 )
+HTTP_REFUSED_HEADS = Counter(
+    "pulse_ingest_http_refused_heads_total",
+    "HTTP connections closed before routing: request head too large (431) or too slow (408)",
+    ["reason"],
+)
 HTTP_SECONDS = Histogram(
     "pulse_ingest_http_request_duration_seconds",
     "Time from an HTTP request's routing to its response (to the first byte when streamed)",
@@ -97,5 +102,7 @@ for _refusal in ("unauthenticated", "permission_denied", "rate_limited", "overlo
     REFUSED_CALLS.labels(_refusal)
 for _refusal in ("rate_limited", "overloaded"):
     REFUSED_EVENTS.labels(_refusal)
+for _refusal in ("too_large", "timeout"):
+    HTTP_REFUSED_HEADS.labels(_refusal)
 for _result in ("loaded", "failed"):
     TOKEN_RELOADS.labels(_result)

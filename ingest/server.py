@@ -113,7 +113,13 @@ def _http_listeners(
     gateway = None
     if settings.http_port:
         app = Gateway(core, max_body_bytes=settings.http_max_body_bytes, probes=probes).app()
-        gateway = GatewayServer(app, bind(settings.http_host, settings.http_port), tls=tls)
+        gateway = GatewayServer(
+            app,
+            bind(settings.http_host, settings.http_port),
+            tls=tls,
+            max_head_bytes=settings.http_max_head_bytes,
+            head_timeout_s=settings.http_head_timeout_seconds,
+        )
     return probes, health_server, gateway
 
 

@@ -279,6 +279,17 @@ class IngestSettings(CommonSettings):
     http_max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="largest HTTP request body accepted (else 413)"
     )
+    http_max_head_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="largest HTTP request line and headers accepted (else 431)",
+    )
+    http_head_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="time a connection has to send a request's line and headers (else 408)",
+    )
 
     edge_dedup_ids: int = Field(
         1_000_000,

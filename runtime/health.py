@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_S = 2.0
 CACHE_S = 1.0
+REQUEST_TIMEOUT_S = 10.0  # per socket read of a health request
 
 Check = Callable[[], CheckResult]
 
@@ -185,6 +186,9 @@ class HealthServer:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "pulse-health"
+            # A connection's socket reads time out: an idle or trickling client does not
+            # keep a thread. (Request lines and headers are bounded by http.server.)
+            timeout = REQUEST_TIMEOUT_S
 
             def _answer(self, body: bool) -> None:
                 status, payload = answer(self.path)

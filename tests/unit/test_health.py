@@ -1,10 +1,15 @@
 """Liveness and readiness bodies, HTTP statuses and the check cache (pulse/health.py)."""
 
 import json
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 
+import pytest
+
+import runtime.health
 from pulse.health import (
     MAX_REASON_CHARS,
     CachedChecks,
@@ -159,5 +164,22 @@ def test_server_answers_both_paths_and_runs_checks_concurrently() -> None:
         assert body["checks"]["kafka"]["status"] == "ok"
         assert body["checks"]["postgres"]["status"] == "error"
         assert "bug" in body["checks"]["postgres"]["reason"]
+    finally:
+        server.close()
+
+
+def test_a_client_that_sends_nothing_is_dropped_after_the_request_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtime.health, "REQUEST_TIMEOUT_S", 0.3)
+    server = HealthServer("127.0.0.1", 0, {}).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as idle:
+            idle.sendall(b"GET /healthz HTTP/1.1\r\n")  # and never the rest
+            started = time.monotonic()
+            assert idle.recv(1024) == b""  # closed by the server, not by our 5 s timeout
+            assert time.monotonic() - started < 3
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as r:
+            assert r.status == 200  # and it still serves
     finally:
         server.close()
