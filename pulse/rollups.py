@@ -275,17 +275,29 @@ class Rollups:
 
     def merge_late(self, resolution: Resolution, bucket_start_ms: int, late: Correction) -> None:
         """Merge late events of a closed window into its hour or day, still held here
-        (created if need be: its end is after the watermark at those events)."""
-        per_campaign = self._acc.setdefault(late.campaign_id, {})
-        key = (resolution, late.event_type, bucket_start_ms)
+        (created if need be: its end is after the watermark at those events).
+
+        Late events an hour holds change its day's row too (a day's row merges in its
+        open hours), even when no window of that day closed on time: the day is held
+        and its row refreshed as `add` does for a closed window.
+        """
+        campaign, event_type = late.campaign_id, late.event_type
+        per_campaign = self._acc.setdefault(campaign, {})
+        key = (resolution, event_type, bucket_start_ms)
         acc = per_campaign.get(key)
         if acc is None:
             acc = per_campaign[key] = _Accumulator()
         acc.add_sketches(
             late.count, sketches.hll_from(late.users_sketch), sketches.kll_from(late.values_sketch)
         )
-        self._dirty[(late.campaign_id, *key)] = None
-        self._unsnapped[(late.campaign_id, *key)] = acc
+        self._dirty[(campaign, *key)] = None
+        self._unsnapped[(campaign, *key)] = acc
+        if resolution is Resolution.HOUR:
+            day_key = (Resolution.DAY, event_type, bucket_start(bucket_start_ms, DAY_MS))
+            if day_key not in per_campaign:
+                day = per_campaign[day_key] = _Accumulator()
+                self._unsnapped[(campaign, *day_key)] = day
+            self._dirty[(campaign, *day_key)] = None
 
     @property
     def changed(self) -> bool:

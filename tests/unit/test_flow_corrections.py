@@ -372,6 +372,25 @@ def test_rollup_corrections_route_alike_wherever_a_replay_cuts_the_batches() -> 
     assert store.columns()[("c1", "click", hour_end - 4 * MINUTE)][:2] == (1, 0)
 
 
+def test_a_day_whose_only_events_are_late_gets_its_row() -> None:
+    """A campaign's first events of the day all arrive after the heartbeats closed their
+    windows, while their hour is still open: the hour holds them, and the day's row
+    (which merges its open hours) is written too, not only once a window closes on time."""
+    records = [
+        Ev(0, 0, heartbeat=T0 + 4 * MINUTE + IDLE),
+        Ev(0, 1, "c2", "click", T0 + MINUTE, 1.0, "u1", event_id="x"),
+        Ev(0, 2, "c2", "click", T0 + 30_000, 2.0, "u2", event_id="y"),
+    ]
+    buckets, _late = reference(records)
+    assert sum(b.count - b.on_time for b in buckets.values()) == 2  # both corrections
+    windows = state()
+    items = step_items(windows.apply_batch(decode(records[:1])))
+    items += step_items(windows.apply_batch(decode(records[1:])))
+    store = Store().apply(items)
+    check(store, records)
+    assert store.rollups[("day", "c2", "click", T0 - T0 % DAY)].event_count == 2
+
+
 def test_a_snapshot_from_before_dedup_and_corrections_still_restores() -> None:
     """Unpickled from an older Pulse: the new fields are missing; they start afresh."""
     live = state()
