@@ -94,6 +94,10 @@ soak: install ## outage soak: TimescaleDB, then Kafka, down $${SOAK_OUTAGE_SECON
 	@$(BIN)/python -m benchmarks.soak_outages --service postgres --outage-seconds $${SOAK_OUTAGE_SECONDS:-60}
 	@$(BIN)/python -m benchmarks.soak_outages --service kafka --outage-seconds $${SOAK_OUTAGE_SECONDS:-60}
 
+.PHONY: soak-overload
+soak-overload: install up ## ten times the edge's capacity for $${SOAK_SECONDS:-300} s: its memory per 10 s, then every acknowledged event in Kafka once
+	@$(STACK_ENV) && $(BIN)/python -m benchmarks.overload --seconds $${SOAK_SECONDS:-300}
+
 .PHONY: fuzz
 fuzz: install up ## fuzz the edge: a million mutated messages on every RPC and HTTP route (FUZZ_MESSAGES, FUZZ_SEED=1), then check it still serves and lost no valid event
 	@$(STACK_ENV) && $(BIN)/python -m benchmarks.fuzz_edge --messages $${FUZZ_MESSAGES:-1000000} --seed $${FUZZ_SEED:-1}

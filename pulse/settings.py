@@ -330,6 +330,12 @@ class IngestSettings(CommonSettings):
         ge=1,
         description="ingest calls handled at once; further calls get RESOURCE_EXHAUSTED",
     )
+    max_streams_per_connection: int = Field(
+        100,
+        ge=1,
+        description="gRPC calls (HTTP/2 streams) one client connection may have open at "
+        "once; more wait in the client instead of in the edge's memory",
+    )
 
     @model_validator(mode="after")
     def _check_tls(self) -> "IngestSettings":
