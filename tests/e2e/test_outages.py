@@ -57,13 +57,17 @@ class PrivateStack:
         self.dsn = f"postgresql://pulse:pulse@127.0.0.1:{self.pg_port}/pulse"
 
     def stack(self, *args: str) -> None:
-        subprocess.run(
+        """Run scripts/stack.sh; a failure names the script's last output lines."""
+        done = subprocess.run(
             ["bash", str(ROOT / "scripts" / "stack.sh"), *args],
             env={**os.environ, **self.env},
-            check=True,
+            check=False,
             capture_output=True,
             timeout=300,
         )
+        if done.returncode != 0:
+            tail = (done.stdout + done.stderr).decode(errors="replace").splitlines()[-15:]
+            pytest.fail(f"stack.sh {' '.join(args)} exited {done.returncode}:\n" + "\n".join(tail))
 
 
 @pytest.fixture
